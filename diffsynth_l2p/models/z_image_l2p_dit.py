@@ -1,0 +1,153 @@
+"""``ZImageL2PDiT``: DiffSynth's Z-Image DiT in pixel space, with the L2P detailer head instead of a final layer."""
+
+from typing import List, Optional, Sequence
+
+import torch
+from diffsynth.core.gradient import gradient_checkpoint_forward
+from diffsynth.models.z_image_dit import ZImageDiT
+
+from .detailer_head import DetailerHead
+
+
+def _key_padding_mask(mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """[B, S] validity mask -> SDPA mask [B, 1, 1, S], or None when nothing is masked."""
+    if bool(mask.all()):
+        return None
+    return mask[:, None, None, :]
+
+
+class ZImageL2PDiT(ZImageDiT):
+    """Pixel-space Z-Image DiT (L2P).  Defaults are the released 1K configuration.
+
+    The stock ``all_final_layer`` is removed; the last layer's image-token features feed the
+    ``local_decoder`` detailer head, which also sees the noisy image and returns pixels.
+    """
+
+    def __init__(
+        self,
+        all_patch_size: Sequence[int] = (16,),
+        all_f_patch_size: Sequence[int] = (1,),
+        in_channels: int = 3,
+        dim: int = 3840,
+        n_layers: int = 30,
+        n_refiner_layers: int = 2,
+        n_heads: int = 30,
+        n_kv_heads: int = 30,
+        norm_eps: float = 1e-5,
+        qk_norm: bool = True,
+        cap_feat_dim: int = 2560,
+        rope_theta: float = 256.0,
+        t_scale: float = 1000.0,
+        axes_dims: Sequence[int] = (32, 48, 48),
+        axes_lens: Sequence[int] = (1024, 512, 512),
+        head_channels: Sequence[int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__(
+            all_patch_size=tuple(all_patch_size),
+            all_f_patch_size=tuple(all_f_patch_size),
+            in_channels=in_channels,
+            dim=dim,
+            n_layers=n_layers,
+            n_refiner_layers=n_refiner_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            norm_eps=norm_eps,
+            qk_norm=qk_norm,
+            cap_feat_dim=cap_feat_dim,
+            rope_theta=rope_theta,
+            t_scale=t_scale,
+            axes_dims=list(axes_dims),
+            axes_lens=list(axes_lens),
+        )
+        if len(self.all_patch_size) != 1 or self.all_f_patch_size[0] != 1:
+            raise ValueError("ZImageL2PDiT supports exactly one image patch size with f_patch_size 1.")
+        del self.all_final_layer
+        self.patch_size = self.all_patch_size[0]
+        if 2 ** len(head_channels) != self.patch_size:
+            raise ValueError(
+                f"head_channels has {len(head_channels)} stages, so the head's bottleneck is 1/{2 ** len(head_channels)} "
+                f"of the image, but the patch size is {self.patch_size}; use {self.patch_size.bit_length() - 1} stages."
+            )
+        self.local_decoder = DetailerHead(in_channels, in_channels, dim, head_channels)
+
+    def embed_timestep(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Stock sinusoidal embedding + MLP, computed in ``dtype`` (stock Z-Image hard-casts to bf16)."""
+        freq = self.t_embedder.timestep_embedding(t, self.t_embedder.frequency_embedding_size)
+        return self.t_embedder.mlp(freq.to(dtype))
+
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        cap_feats: List[torch.Tensor],
+        use_gradient_checkpointing: bool = False,
+        use_gradient_checkpointing_offload: bool = False,
+    ) -> torch.Tensor:
+        """Last-layer image-token features (no final norm or modulation) as a grid ``[B, dim, H/p, W/p]``."""
+        batch, _, height, width = x.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"Image size {height}x{width} must be a multiple of the patch size {p}.")
+        if len(cap_feats) != batch:
+            raise ValueError(f"Got {len(cap_feats)} caption feature tensors for a batch of {batch} images.")
+        checkpointing = dict(
+            use_gradient_checkpointing=use_gradient_checkpointing,
+            use_gradient_checkpointing_offload=use_gradient_checkpointing_offload,
+        )
+        device = x.device
+        # The DiT's clock runs the other way: scheduler sigma*1000 -> 1000*(1 - sigma).
+        adaln_input = self.embed_timestep(1000 - timestep.to(device).reshape(batch), x.dtype)
+
+        # Per-sample patchify; each sequence is padded to a multiple of 32 with the learned pad tokens.
+        image_tokens, caption_tokens, meta = self.patchify_and_embed(
+            [sample.unsqueeze(1) for sample in x], [c.to(device, x.dtype) for c in cap_feats], p, 1
+        )
+        x_seqlens = [len(t) for t in image_tokens]
+        embedded = self.all_x_embedder[f"{p}-1"](torch.cat(image_tokens, dim=0))
+        img, img_freqs, img_mask, _, _ = self._prepare_sequence(
+            list(embedded.split(x_seqlens, dim=0)), meta["x_pos_ids"], meta["x_pad_mask"], self.x_pad_token, None, device
+        )
+        img_mask = _key_padding_mask(img_mask)
+        for layer in self.noise_refiner:
+            img = gradient_checkpoint_forward(
+                layer, x=img, attn_mask=img_mask, freqs_cis=img_freqs, adaln_input=adaln_input, **checkpointing
+            )
+
+        cap_seqlens = [len(t) for t in caption_tokens]
+        embedded = self.cap_embedder(torch.cat(caption_tokens, dim=0))
+        cap, cap_freqs, cap_mask, _, _ = self._prepare_sequence(
+            list(embedded.split(cap_seqlens, dim=0)), meta["cap_pos_ids"], meta["cap_pad_mask"], self.cap_pad_token, None, device
+        )
+        cap_mask = _key_padding_mask(cap_mask)
+        for layer in self.context_refiner:
+            cap = gradient_checkpoint_forward(layer, x=cap, attn_mask=cap_mask, freqs_cis=cap_freqs, **checkpointing)
+
+        # Unified sequence [image, caption] per sample; samples with shorter captions are masked, not mixed.
+        unified, unified_freqs, unified_mask, _ = self._build_unified_sequence(
+            img, img_freqs, x_seqlens, None, cap, cap_freqs, cap_seqlens, None, None, None, None, None, False, device
+        )
+        unified_mask = _key_padding_mask(unified_mask)
+        for layer in self.layers:
+            unified = gradient_checkpoint_forward(
+                layer, x=unified, attn_mask=unified_mask, freqs_cis=unified_freqs, adaln_input=adaln_input, **checkpointing
+            )
+
+        # Slice the real image tokens (not the 32-padded length), so any multiple of the patch size works.
+        grid_h, grid_w = height // p, width // p
+        features = unified[:, : grid_h * grid_w]  # (B, h*w, dim)
+        return features.transpose(1, 2).reshape(batch, self.dim, grid_h, grid_w)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        cap_feats: List[torch.Tensor],
+        use_gradient_checkpointing: bool = False,
+        use_gradient_checkpointing_offload: bool = False,
+    ) -> torch.Tensor:
+        """Flow velocity ``noise - x0`` for noisy pixels ``x`` [B, 3, H, W] at scheduler ``timestep`` [B] (sigma*1000)."""
+        features = self.forward_features(
+            x, timestep, cap_feats, use_gradient_checkpointing, use_gradient_checkpointing_offload
+        )
+        # The head predicts x0 - noise; the scheduler and FlowMatchSFTLoss expect the velocity noise - x0.
+        return -self.local_decoder(x, features, use_gradient_checkpointing, use_gradient_checkpointing_offload)

@@ -1,0 +1,65 @@
+"""Idempotent registration of L2P models into DiffSynth's model registry and VRAM maps."""
+
+from typing import Any, Dict, Optional
+
+import torch
+from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
+from diffsynth.core import hash_state_dict_keys
+
+from .models.configs import L2P_CONFIGS
+from .models.z_image_l2p_dit import ZImageL2PDiT
+
+L2P_DIT_MODEL_NAME = "z_image_l2p_dit"
+L2P_DIT_CLASS = f"{ZImageL2PDiT.__module__}.{ZImageL2PDiT.__qualname__}"
+
+L2P_VRAM_MODULE_MAP = {
+    "torch.nn.Linear": "diffsynth.core.vram.layers.AutoWrappedLinear",
+    "torch.nn.Conv2d": "diffsynth.core.vram.layers.AutoWrappedModule",
+    "diffsynth.models.general_modules.RMSNorm": "diffsynth.core.vram.layers.AutoWrappedModule",
+}
+
+
+def l2p_dit_hash(**kwargs: Any) -> str:
+    """DiffSynth's file hash of a ``ZImageL2PDiT(**kwargs)`` checkpoint, computed on the meta device."""
+    with torch.device("meta"):
+        model = ZImageL2PDiT(**kwargs)
+    return hash_state_dict_keys(model.state_dict())
+
+
+def register_model(
+    model_hash: str,
+    model_name: str,
+    model_class: str,
+    extra_kwargs: Optional[Dict[str, Any]] = None,
+    state_dict_converter: Optional[str] = None,
+) -> bool:
+    """Append one entry to DiffSynth's ``MODEL_CONFIGS`` in place; return False if it is already there."""
+    for entry in MODEL_CONFIGS:
+        if entry["model_hash"] == model_hash and entry["model_class"] == model_class:
+            return False
+    entry: Dict[str, Any] = {"model_hash": model_hash, "model_name": model_name, "model_class": model_class}
+    if extra_kwargs:
+        entry["extra_kwargs"] = dict(extra_kwargs)
+    if state_dict_converter:
+        entry["state_dict_converter"] = state_dict_converter
+    MODEL_CONFIGS.append(entry)
+    return True
+
+
+def register_l2p_dit(model_hash: Optional[str] = None, **kwargs: Any) -> str:
+    """Register a ``ZImageL2PDiT`` configuration (hash computed unless given) and return its hash."""
+    model_hash = model_hash or l2p_dit_hash(**kwargs)
+    register_model(model_hash, L2P_DIT_MODEL_NAME, L2P_DIT_CLASS, kwargs)
+    return model_hash
+
+
+def find_registered(model_hash: str) -> list:
+    """Every DiffSynth registry entry whose hash is ``model_hash``."""
+    return [entry for entry in MODEL_CONFIGS if entry["model_hash"] == model_hash]
+
+
+def register_all() -> None:
+    """Register every named L2P configuration and the VRAM-management map of the class."""
+    for config in L2P_CONFIGS.values():
+        register_l2p_dit(config.published_hash, **config.kwargs)
+    VRAM_MANAGEMENT_MODULE_MAPS.setdefault(L2P_DIT_CLASS, dict(L2P_VRAM_MODULE_MAP))
