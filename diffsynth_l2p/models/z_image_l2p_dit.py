@@ -64,9 +64,10 @@ class ZImageL2PDiT(ZImageDiT):
         del self.all_final_layer
         self.patch_size = self.all_patch_size[0]
         if 2 ** len(head_channels) != self.patch_size:
+            stages = len(head_channels)
             raise ValueError(
-                f"head_channels has {len(head_channels)} stages, so the head's bottleneck is 1/{2 ** len(head_channels)} "
-                f"of the image, but the patch size is {self.patch_size}; use {self.patch_size.bit_length() - 1} stages."
+                f"head_channels has {stages} stages, so the head's bottleneck is 1/{2 ** stages} of the image, "
+                f"but the patch size is {self.patch_size}; use {self.patch_size.bit_length() - 1} stages."
             )
         self.local_decoder = DetailerHead(in_channels, in_channels, dim, head_channels)
 
@@ -105,7 +106,7 @@ class ZImageL2PDiT(ZImageDiT):
         x_seqlens = [len(t) for t in image_tokens]
         embedded = self.all_x_embedder[f"{p}-1"](torch.cat(image_tokens, dim=0))
         img, img_freqs, img_mask, _, _ = self._prepare_sequence(
-            list(embedded.split(x_seqlens, dim=0)), meta["x_pos_ids"], meta["x_pad_mask"], self.x_pad_token, None, device
+            list(embedded.split(x_seqlens)), meta["x_pos_ids"], meta["x_pad_mask"], self.x_pad_token, None, device
         )
         img_mask = _key_padding_mask(img_mask)
         for layer in self.noise_refiner:
@@ -116,7 +117,8 @@ class ZImageL2PDiT(ZImageDiT):
         cap_seqlens = [len(t) for t in caption_tokens]
         embedded = self.cap_embedder(torch.cat(caption_tokens, dim=0))
         cap, cap_freqs, cap_mask, _, _ = self._prepare_sequence(
-            list(embedded.split(cap_seqlens, dim=0)), meta["cap_pos_ids"], meta["cap_pad_mask"], self.cap_pad_token, None, device
+            list(embedded.split(cap_seqlens)), meta["cap_pos_ids"], meta["cap_pad_mask"], self.cap_pad_token, None,
+            device,
         )
         cap_mask = _key_padding_mask(cap_mask)
         for layer in self.context_refiner:
@@ -129,7 +131,8 @@ class ZImageL2PDiT(ZImageDiT):
         unified_mask = _key_padding_mask(unified_mask)
         for layer in self.layers:
             unified = gradient_checkpoint_forward(
-                layer, x=unified, attn_mask=unified_mask, freqs_cis=unified_freqs, adaln_input=adaln_input, **checkpointing
+                layer, x=unified, attn_mask=unified_mask, freqs_cis=unified_freqs, adaln_input=adaln_input,
+                **checkpointing,
             )
 
         # Slice the real image tokens (not the 32-padded length), so any multiple of the patch size works.
@@ -145,7 +148,7 @@ class ZImageL2PDiT(ZImageDiT):
         use_gradient_checkpointing: bool = False,
         use_gradient_checkpointing_offload: bool = False,
     ) -> torch.Tensor:
-        """Flow velocity ``noise - x0`` for noisy pixels ``x`` [B, 3, H, W] at scheduler ``timestep`` [B] (sigma*1000)."""
+        """Flow velocity ``noise - x0`` for noisy pixels ``x`` [B, 3, H, W] at scheduler timestep [B] (sigma*1000)."""
         features = self.forward_features(
             x, timestep, cap_feats, use_gradient_checkpointing, use_gradient_checkpointing_offload
         )
