@@ -1,0 +1,254 @@
+"""Latent Z-Image DiT checkpoint -> L2P pixel-space initialisation (DESIGN A5).
+
+Every source tensor whose key and shape the pixel model shares is copied bit for bit (source dtype
+kept); the latent patch embedder and ``all_final_layer`` are dropped; the pixel patch embedder and
+the ``local_decoder`` head get a fresh, seeded default initialisation.  Only those new modules are
+ever materialised, so converting the 6B model needs memory for one tensor at a time, not the model.
+"""
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .inspection import checkpoint_kind, infer_dit_dims
+from .models.configs import L2P_CONFIGS
+from .models.z_image_l2p_dit import ZImageL2PDiT
+from .registry import find_registered
+from .safetensors_io import (
+    DTYPE_NAMES,
+    TORCH_DTYPES,
+    Layout,
+    PathOrPaths,
+    SafetensorsCheckpoint,
+    TensorInfo,
+    as_path_list,
+    atomic_output,
+    check_output_path,
+    hash_checkpoint,
+    layout_hash,
+    read_headers,
+    same_bits,
+    write_safetensors,
+)
+
+# Modules the pixel model has in place of the latent ones; everything else must come from the source.
+NEW_MODULE_PREFIXES = ("all_x_embedder.", "local_decoder.")
+
+ConfigArg = Union[str, Mapping[str, Any], None]
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What a conversion will do, computed from headers only."""
+
+    config_name: Optional[str]
+    kwargs: Dict[str, Any]  # ZImageL2PDiT constructor kwargs of the output
+    copied: Tuple[str, ...]
+    new: Tuple[str, ...]  # initialised fresh
+    dropped: Tuple[str, ...]  # source tensors not in the output
+    shape_mismatches: Tuple[Tuple[str, Tuple[int, ...], Tuple[int, ...]], ...]  # (key, source, output); re-initialised
+    output_layout: Layout
+    output_hash: str
+
+
+def _meta_model(kwargs: Mapping[str, Any]) -> ZImageL2PDiT:
+    with torch.device("meta"):
+        return ZImageL2PDiT(**kwargs)
+
+
+def _describe(dims: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in dims.items())
+
+
+def _target_dims(kwargs: Mapping[str, Any]) -> Dict[str, int]:
+    return infer_dit_dims({key: value.shape for key, value in _meta_model(kwargs).state_dict().items()})
+
+
+def _resolve_config(config: ConfigArg, source_dims: Dict[str, int]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Named config, explicit kwargs, or (None) the named config whose sizes match the source; sizes must agree."""
+    matching = [name for name, named in L2P_CONFIGS.items() if _target_dims(named.kwargs) == source_dims]
+    if config is None:
+        if not matching:
+            raise ValueError(
+                f"No named L2P config matches the source DiT ({_describe(source_dims)}); "
+                "pass ZImageL2PDiT kwargs with these sizes."
+            )
+        config = matching[0]
+    if isinstance(config, str):
+        if config not in L2P_CONFIGS:
+            raise ValueError(f"Unknown L2P config {config!r}; choose one of {sorted(L2P_CONFIGS)} or pass kwargs.")
+        name, kwargs = config, dict(L2P_CONFIGS[config].kwargs)
+    else:
+        name, kwargs = None, dict(config)
+    target_dims = _target_dims(kwargs)
+    if target_dims != source_dims:
+        suggestion = f"use config {matching[0]!r}" if matching else "pass ZImageL2PDiT kwargs with the source's sizes"
+        raise ValueError(
+            f"The source DiT has {_describe(source_dims)}, but config {name or dict(kwargs)} has "
+            f"{_describe(target_dims)}; {suggestion}."
+        )
+    return name, kwargs
+
+
+def _check_source(source: Layout) -> Dict[str, int]:
+    kind = checkpoint_kind(source)
+    if kind == "pixel":
+        raise ValueError(
+            "The input is already a pixel L2P checkpoint (it has local_decoder.* tensors); nothing to convert. "
+            "Load it directly, or run `l2p inspect` on it."
+        )
+    dims = infer_dit_dims({key: info.shape for key, info in source.items()})
+    if kind != "latent" or dims is None:
+        raise ValueError(
+            "The input is not a latent Z-Image DiT checkpoint (expected x_pad_token, layers.*, all_final_layer.* "
+            "tensors); pass the transformer file(s) of Z-Image, e.g. Z-Image-Turbo's transformer/*.safetensors."
+        )
+    return dims
+
+
+def plan_conversion(source: Layout, config: ConfigArg = None, dtype: Optional[torch.dtype] = None) -> ConversionPlan:
+    """Plan the conversion of a latent DiT with header ``source`` into ``ZImageL2PDiT(**config)``.
+
+    ``config`` is a name in ``L2P_CONFIGS``, a kwargs dict, or None for the named config matching the
+    source's sizes.  New tensors are stored in ``dtype`` (default: the source's most common dtype).
+    """
+    config_name, kwargs = _resolve_config(config, _check_source(source))
+    target = {key: tuple(value.shape) for key, value in _meta_model(kwargs).state_dict().items()}
+    mismatches = tuple(
+        (key, source[key].shape, shape) for key, shape in target.items() if key in source and source[key].shape != shape
+    )
+    missing_core = [
+        key
+        for key, shape in target.items()
+        if not key.startswith(NEW_MODULE_PREFIXES) and (key not in source or source[key].shape != shape)
+    ]
+    if missing_core:
+        raise ValueError(
+            f"The source lacks {len(missing_core)} backbone tensors of the L2P model, or has them in other shapes "
+            f"(e.g. {missing_core[0]!r}); it cannot be converted with config {config_name or kwargs}."
+        )
+    if dtype is not None:
+        new_dtype = DTYPE_NAMES[dtype]
+    else:
+        new_dtype = Counter(info.dtype for info in source.values()).most_common(1)[0][0]
+    copied = tuple(key for key, shape in target.items() if key in source and source[key].shape == shape)
+    new = tuple(key for key in target if key not in copied)
+    layout = {key: source[key] if key in copied else TensorInfo(new_dtype, shape) for key, shape in target.items()}
+    return ConversionPlan(
+        config_name=config_name,
+        kwargs=kwargs,
+        copied=copied,
+        new=new,
+        dropped=tuple(key for key in source if key not in target),
+        shape_mismatches=mismatches,
+        output_layout=layout,
+        output_hash=layout_hash(layout),
+    )
+
+
+def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Tensor]:
+    """Default (``reset_parameters``) init of the modules owning ``plan.new``, on CPU, reproducible from ``seed``."""
+    model = _meta_model(plan.kwargs)
+    new = set(plan.new)
+    tensors: Dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module_name, module in model.named_modules():
+            keys = {name: f"{module_name}.{name}".lstrip(".") for name, _ in module.named_parameters(recurse=False)}
+            if not new.intersection(keys.values()):
+                continue
+            if not hasattr(module, "reset_parameters"):
+                raise ValueError(f"Cannot initialise {module_name or 'the root'} tensors {sorted(keys.values())}.")
+            module.to_empty(device="cpu", recurse=False)
+            module.reset_parameters()
+            for name, param in module.named_parameters(recurse=False):
+                if keys[name] in new:
+                    tensors[keys[name]] = param.detach().to(TORCH_DTYPES[plan.output_layout[keys[name]].dtype])
+    return tensors
+
+
+def _group(keys: Tuple[str, ...]) -> str:
+    counts = Counter(key.split(".", 1)[0] for key in keys)
+    return ", ".join(f"{module} ({count})" for module, count in counts.items()) or "none"
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """Result of ``convert_latent_to_pixel``; ``summary()`` is what ``l2p convert`` prints."""
+
+    sources: Tuple[str, ...]
+    output_path: str
+    plan: ConversionPlan
+    seed: int
+    dry_run: bool
+    output_hash: str
+    registered_names: Tuple[str, ...]
+
+    def summary(self) -> str:
+        plan = self.plan
+        config = plan.config_name or f"custom {plan.kwargs}"
+        registered = ", ".join(self.registered_names) or "not registered (use registry.register_l2p_dit(**kwargs))"
+        lines = [
+            f"{'Dry run: would convert' if self.dry_run else 'Converted'} {', '.join(self.sources)}",
+            f"  -> {self.output_path} (L2P config {config})",
+            f"  copied   {len(plan.copied)} tensors" + ("" if self.dry_run else " (verified bit-identical)"),
+            f"  new      {len(plan.new)} tensors, seed {self.seed}: {_group(plan.new)}",
+            f"  dropped  {len(plan.dropped)} tensors: {_group(plan.dropped)}",
+        ]
+        lines += [
+            f"  re-initialised (shape changed): {key} {list(old)} -> {list(new)}"
+            for key, old, new in plan.shape_mismatches
+        ]
+        lines += [
+            f"  {'predicted hash' if self.dry_run else 'output hash'}: {self.output_hash}",
+            f"  DiffSynth model: {registered}",
+        ]
+        return "\n".join(lines)
+
+
+def _verify(output_path: str, plan: ConversionPlan, source: Mapping[str, torch.Tensor], new: Dict[str, torch.Tensor]):
+    written = SafetensorsCheckpoint(output_path)
+    if written.header != plan.output_layout:
+        raise RuntimeError(f"Verification failed: {output_path} does not have the planned layout.")
+    for key in plan.output_layout:
+        expected = new[key] if key in new else source[key]
+        if not same_bits(written[key], expected):
+            raise RuntimeError(f"Verification failed: {key} in {output_path} differs from what was written.")
+
+
+def convert_latent_to_pixel(
+    latent_files: PathOrPaths,
+    output_path: Union[str, os.PathLike],
+    config: ConfigArg = None,
+    seed: int = 42,
+    dry_run: bool = False,
+    dtype: Optional[torch.dtype] = None,
+) -> ConversionReport:
+    """Convert a latent Z-Image DiT (one file or shards) into an L2P pixel init at ``output_path``.
+
+    The output is written to a temporary file, re-read and checked tensor by tensor against the
+    source and the fresh init, and only then moved into place.  ``dry_run`` reads headers only.
+    """
+    sources = as_path_list(latent_files)
+    output = check_output_path(output_path, sources)
+    plan = plan_conversion(read_headers(sources), config, dtype)
+    output_hash = plan.output_hash
+    if not dry_run:
+        source = SafetensorsCheckpoint(sources)
+        new = init_new_tensors(plan, seed)
+        with atomic_output(output, sources) as temp_path:
+            write_safetensors(temp_path, plan.output_layout, lambda key: new[key] if key in new else source[key])
+            _verify(temp_path, plan, source, new)
+        output_hash = hash_checkpoint(output)
+    return ConversionReport(
+        sources=tuple(sources),
+        output_path=output,
+        plan=plan,
+        seed=seed,
+        dry_run=dry_run,
+        output_hash=output_hash,
+        registered_names=tuple(entry["model_name"] for entry in find_registered(output_hash)),
+    )

@@ -1,0 +1,195 @@
+"""What is in a checkpoint, from its header alone: hash, registered model, parameters, dtypes, layout diff."""
+
+import functools
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from diffsynth.models.z_image_dit import ZImageDiT
+
+from .models.configs import L2P_CONFIGS
+from .models.z_image_l2p_dit import ZImageL2PDiT
+from .registry import find_registered
+from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
+
+Shapes = Dict[str, Tuple[int, ...]]
+LATENT_LAYOUT = "latent Z-Image DiT"
+_SHOWN_KEYS = 8
+
+
+def _meta_shapes(model_class: type, kwargs: Mapping[str, Any]) -> Shapes:
+    with torch.device("meta"):
+        model = model_class(**kwargs)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@functools.cache
+def expected_layouts() -> Dict[str, Shapes]:
+    """Layouts we know: every named L2P config and the stock latent Z-Image DiT (built on the meta device)."""
+    layouts = {f"L2P {name}": _meta_shapes(ZImageL2PDiT, config.kwargs) for name, config in L2P_CONFIGS.items()}
+    layouts[LATENT_LAYOUT] = _meta_shapes(ZImageDiT, {})
+    return layouts
+
+
+def checkpoint_kind(layout: Mapping[str, Any]) -> Optional[str]:
+    """``"pixel"`` for L2P checkpoints (full or partial), ``"latent"`` for stock Z-Image DiTs, else None."""
+    if any(key.startswith("local_decoder.") for key in layout):
+        return "pixel"
+    if "x_pad_token" in layout and any(key.startswith("all_final_layer.") for key in layout):
+        return "latent"
+    return None
+
+
+def infer_dit_dims(shapes: Mapping[str, Sequence[int]]) -> Optional[Dict[str, int]]:
+    """Z-Image DiT sizes readable from tensor shapes (dim, layers, refiners, heads, caption width), if present."""
+    needed = ("x_pad_token", "cap_embedder.1.weight", "layers.0.attention.norm_q.weight")
+    if not all(key in shapes for key in needed):
+        return None
+
+    def count(prefix: str) -> int:
+        pattern = re.compile(rf"{prefix}\.(\d+)\.")
+        return len({match.group(1) for key in shapes if (match := pattern.match(key))})
+
+    dim = shapes["x_pad_token"][-1]
+    return {
+        "dim": dim,
+        "n_layers": count("layers"),
+        "n_refiner_layers": count("noise_refiner"),
+        "n_heads": dim // shapes["layers.0.attention.norm_q.weight"][0],
+        "cap_feat_dim": shapes["cap_embedder.1.weight"][-1],
+    }
+
+
+@dataclass(frozen=True)
+class LayoutComparison:
+    """Key-by-key difference between a checkpoint and one expected layout."""
+
+    name: str
+    matched: int
+    missing: Tuple[str, ...]
+    unexpected: Tuple[str, ...]
+    shape_mismatches: Tuple[Tuple[str, Tuple[int, ...], Tuple[int, ...]], ...]  # (key, in file, expected)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+
+def compare_layout(name: str, shapes: Shapes, expected: Shapes) -> LayoutComparison:
+    common = [key for key in expected if key in shapes]
+    return LayoutComparison(
+        name=name,
+        matched=sum(shapes[key] == expected[key] for key in common),
+        missing=tuple(key for key in expected if key not in shapes),
+        unexpected=tuple(key for key in shapes if key not in expected),
+        shape_mismatches=tuple((key, shapes[key], expected[key]) for key in common if shapes[key] != expected[key]),
+    )
+
+
+def closest_layout(shapes: Shapes) -> Optional[LayoutComparison]:
+    """The expected layout sharing the most (key, shape) pairs, if at least half of the file's keys match it."""
+    best = max(
+        (compare_layout(name, shapes, expected) for name, expected in expected_layouts().items()),
+        key=lambda c: c.matched / (c.matched + len(c.missing) + len(c.unexpected) + len(c.shape_mismatches)),
+    )
+    return best if shapes and best.matched >= len(shapes) / 2 else None
+
+
+@dataclass(frozen=True)
+class InspectionReport:
+    """Everything ``l2p inspect`` prints about one checkpoint (a file or a list of shards)."""
+
+    paths: Tuple[str, ...]
+    model_hash: str
+    registered: Tuple[Dict[str, Any], ...]
+    num_tensors: int
+    num_params: int
+    params_by_module: Dict[str, int]
+    params_by_dtype: Dict[str, int]
+    kind: Optional[str]
+    dims: Optional[Dict[str, int]]
+    layout: Optional[LayoutComparison]
+    hints: Tuple[str, ...] = field(default=())
+
+    def format(self) -> str:
+        lines = [f"checkpoint: {', '.join(self.paths)}", f"hash: {self.model_hash}"]
+        if self.registered:
+            lines += [
+                f"registered: {entry['model_name']} ({entry['model_class']}, kwargs {entry.get('extra_kwargs', {})})"
+                for entry in self.registered
+            ]
+        else:
+            lines.append("registered: unknown (no DiffSynth registry entry has this hash)")
+        lines.append(f"tensors: {self.num_tensors:,}, parameters: {self.num_params:,}")
+        lines.append("dtypes: " + ", ".join(f"{dtype} {count:,}" for dtype, count in self.params_by_dtype.items()))
+        if self.dims:
+            lines.append("Z-Image DiT sizes: " + ", ".join(f"{name}={value}" for name, value in self.dims.items()))
+        lines.append("parameters by module:")
+        width = max(map(len, self.params_by_module), default=0)
+        lines += [f"  {module:<{width}}  {count:>15,}" for module, count in self.params_by_module.items()]
+        if self.layout is None:
+            lines.append("layout: not close to any known layout")
+        elif self.layout.exact:
+            lines.append(f"layout: matches {self.layout.name} exactly")
+        else:
+            comparison = self.layout
+            lines.append(
+                f"layout: closest is {comparison.name}: {len(comparison.missing)} missing, "
+                f"{len(comparison.unexpected)} unexpected, {len(comparison.shape_mismatches)} shape-mismatched keys"
+            )
+            for label, keys in (("missing", comparison.missing), ("unexpected", comparison.unexpected)):
+                if keys:
+                    more = f" ... (+{len(keys) - _SHOWN_KEYS})" if len(keys) > _SHOWN_KEYS else ""
+                    lines.append(f"  {label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+            lines += [
+                f"  shape mismatch: {key} is {list(got)}, expected {list(want)}"
+                for key, got, want in comparison.shape_mismatches[:_SHOWN_KEYS]
+            ]
+        lines += [f"hint: {hint}" for hint in self.hints]
+        return "\n".join(lines)
+
+
+def _hints(kind: Optional[str], layout: Optional[LayoutComparison], registered: bool) -> Tuple[str, ...]:
+    if kind == "latent":
+        return ("this is a latent Z-Image DiT; convert it to an L2P pixel init with `l2p convert`.",)
+    if kind != "pixel":
+        return ()
+    if layout is not None and layout.missing and not (layout.unexpected or layout.shape_mismatches):
+        return ("a partial L2P checkpoint (e.g. a training step); merge it onto a full one with `l2p merge`.",)
+    if not registered:
+        return (
+            "not registered in DiffSynth: call `diffsynth_l2p.registry.register_l2p_dit(**kwargs)` "
+            "with its ZImageL2PDiT config before loading it.",
+        )
+    return ()
+
+
+def inspect_checkpoint(paths: PathOrPaths) -> InspectionReport:
+    """Inspect one checkpoint (a file, or the shards of one checkpoint) without reading any weights."""
+    path_list = as_path_list(paths)
+    header = read_headers(path_list)
+    model_hash = hash_checkpoint(path_list)
+    registered = tuple(find_registered(model_hash))
+    by_module: Counter = Counter()
+    by_dtype: Counter = Counter()
+    for key, info in header.items():
+        by_module[key.split(".", 1)[0]] += info.numel
+        by_dtype[info.dtype] += info.numel
+    kind = checkpoint_kind(header)
+    shapes = {key: info.shape for key, info in header.items()}
+    layout = closest_layout(shapes)
+    return InspectionReport(
+        paths=tuple(path_list),
+        model_hash=model_hash,
+        registered=registered,
+        num_tensors=len(header),
+        num_params=sum(by_module.values()),
+        params_by_module=dict(by_module.most_common()),
+        params_by_dtype=dict(by_dtype.most_common()),
+        kind=kind,
+        dims=infer_dit_dims(shapes),
+        layout=layout,
+        hints=_hints(kind, layout, bool(registered)),
+    )

@@ -1,0 +1,225 @@
+"""Safetensors helpers shared by convert, merge and inspect: header-only reads, validation, streaming atomic writes.
+
+Checkpoints here are a file or a list of shards.  Headers are parsed directly (no weights read), so a
+19.6 GB file is inspected instantly, and writes stream one tensor at a time so merging or converting
+the 6B model never holds two copies of it in memory.
+"""
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from diffsynth.core import hash_model_file, hash_state_dict_keys
+from safetensors import safe_open
+from tqdm import tqdm
+
+PathOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+# safetensors dtype names <-> torch dtypes.
+TORCH_DTYPES: Dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: Dict[torch.dtype, str] = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
+
+
+class TensorInfo(NamedTuple):
+    """What a safetensors header says about one tensor."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * TORCH_DTYPES[self.dtype].itemsize
+
+
+Layout = Dict[str, TensorInfo]
+
+
+def as_path_list(paths: PathOrPaths) -> List[str]:
+    """One path or a list of shards -> list of path strings."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    return [os.fspath(path) for path in paths]
+
+
+def _corrupt(path: str, reason: str) -> ValueError:
+    return ValueError(f"{path} is corrupt or truncated ({reason}); re-download or re-create it.")
+
+
+def read_header(path: Union[str, os.PathLike]) -> Layout:
+    """Tensor layout of one safetensors file from its header alone, after checking the file is complete."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise _corrupt(path, f"only {file_size} bytes, no safetensors header")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(_MAX_HEADER_BYTES, file_size - 8):
+            raise _corrupt(path, f"header of {header_size} bytes in a file of {file_size} bytes")
+        try:
+            header = json.loads(file.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise _corrupt(path, f"unreadable header: {error}") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "header is not a JSON object")
+    header.pop("__metadata__", None)
+    layout: Layout = {}
+    data_end = 0
+    for key, entry in header.items():
+        try:
+            info = TensorInfo(entry["dtype"], tuple(int(size) for size in entry["shape"]))
+            begin, end = (int(offset) for offset in entry["data_offsets"])
+            expected_bytes = info.nbytes
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"malformed header entry for {key!r}") from None
+        if end - begin != expected_bytes or begin < 0:
+            raise _corrupt(path, f"{key!r} has {end - begin} bytes of data, expected {expected_bytes}")
+        layout[key] = info
+        data_end = max(data_end, end)
+    if 8 + header_size + data_end != file_size:
+        raise _corrupt(path, f"header describes {8 + header_size + data_end} bytes but the file has {file_size}")
+    return layout
+
+
+def read_headers(paths: PathOrPaths) -> Layout:
+    """Union of the layouts of one file or several shards; every file is validated and keys must be unique."""
+    layout: Layout = {}
+    owner: Dict[str, str] = {}
+    for path in as_path_list(paths):
+        for key, info in read_header(path).items():
+            if key in layout:
+                raise ValueError(f"Tensor {key!r} is in both {owner[key]} and {path}; pass each shard only once.")
+            layout[key] = info
+            owner[key] = path
+    return layout
+
+
+class SafetensorsCheckpoint(Mapping):
+    """Read-only, lazy ``{key: tensor}`` view of one file or several shards; ``header`` holds the layout."""
+
+    def __init__(self, paths: PathOrPaths) -> None:
+        self.paths = as_path_list(paths)
+        self.header = read_headers(self.paths)
+        self._handles = {path: safe_open(path, framework="pt", device="cpu") for path in self.paths}
+        self._owner = {key: path for path in self.paths for key in self._handles[path].keys()}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._handles[self._owner[key]].get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.header)
+
+    def __len__(self) -> int:
+        return len(self.header)
+
+
+def _require_suffix(path: str) -> None:
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"{path}: DiffSynth only recognises safetensors files named *.safetensors; rename it.")
+
+
+def hash_checkpoint(paths: PathOrPaths) -> str:
+    """DiffSynth's registry hash of a file or shard list (validated first)."""
+    path_list = as_path_list(paths)
+    read_headers(path_list)
+    for path in path_list:
+        _require_suffix(path)
+    return hash_model_file(path_list if len(path_list) > 1 else path_list[0])
+
+
+def layout_hash(layout: Mapping[str, TensorInfo]) -> str:
+    """The DiffSynth hash a file with this layout will have (DiffSynth's own function on meta tensors)."""
+    return hash_state_dict_keys({key: torch.empty(info.shape, device="meta") for key, info in layout.items()})
+
+
+def tensor_info(tensor: torch.Tensor) -> TensorInfo:
+    return TensorInfo(DTYPE_NAMES[tensor.dtype], tuple(tensor.shape))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when both tensors have the same dtype, shape and bytes (NaN-safe, unlike ``torch.equal``)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def check_output_path(output_path: Union[str, os.PathLike], inputs: PathOrPaths) -> str:
+    """Refuse an output path that is (or resolves to) one of the inputs, or is not *.safetensors; return it."""
+    output = os.fspath(output_path)
+    _require_suffix(output)
+    for path in as_path_list(inputs):
+        same = os.path.realpath(output) == os.path.realpath(path)
+        if not same and os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(output, path)
+        if same:
+            raise ValueError(f"Output path {output} is also an input; choose a new file name so the input is kept.")
+    return output
+
+
+@contextlib.contextmanager
+def atomic_output(output_path: Union[str, os.PathLike], inputs: PathOrPaths = ()) -> Iterator[str]:
+    """Yield a temporary path beside ``output_path``; on success it replaces ``output_path``, on error it is removed."""
+    output = check_output_path(output_path, inputs)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
+    os.close(handle)
+    try:
+        yield temp_path
+        os.replace(temp_path, output)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+
+
+def write_safetensors(
+    path: Union[str, os.PathLike],
+    layout: Mapping[str, TensorInfo],
+    fetch: Callable[[str], torch.Tensor],
+    metadata: Optional[Dict[str, str]] = None,
+    desc: str = "Writing",
+) -> None:
+    """Write a safetensors file with ``layout``, fetching one tensor at a time (peak memory: one tensor)."""
+    header: Dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key, info in layout.items():
+        header[key] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned, as safetensors does
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for key, info in tqdm(layout.items(), desc=desc, unit="tensor", disable=None):
+            tensor = fetch(key)
+            if tensor_info(tensor) != info:
+                raise ValueError(f"Tensor {key!r} is {tensor_info(tensor)}, but the planned layout says {info}.")
+            file.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)

@@ -1,0 +1,65 @@
+"""Checkpoints for the convert / merge / inspect tests: a sharded tiny latent Z-Image DiT, header-only stand-ins."""
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from diffsynth.models.z_image_dit import ZImageDiT
+from safetensors.torch import save_file
+
+from diffsynth_l2p.models.configs import L2P_CONFIGS
+
+# Stock latent Z-Image DiT with the tiny L2P backbone sizes (patch 2 on 16 latent channels).
+TINY_LATENT_KWARGS = {
+    key: list(value) if isinstance(value, tuple) else value
+    for key, value in L2P_CONFIGS["tiny"].kwargs.items()
+    if key != "head_channels"
+}
+TINY_LATENT_KWARGS.update(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16)
+
+_DTYPE_BYTES = {"BF16": 2, "F32": 4}
+
+
+def tiny_latent_state_dict(seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Random weights for the tiny latent DiT; the ``torch.empty`` pad tokens are initialised too."""
+    torch.manual_seed(seed)
+    model = ZImageDiT(**TINY_LATENT_KWARGS)
+    with torch.no_grad():
+        model.x_pad_token.normal_()
+        model.cap_pad_token.normal_()
+    return {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
+
+
+def save_sharded(state: Dict[str, torch.Tensor], directory: Path, shards: int = 2, stem: str = "dit") -> List[str]:
+    """Save ``state`` as ``shards`` safetensors files and return their paths."""
+    keys = list(state)
+    paths = []
+    for index in range(shards):
+        path = directory / f"{stem}-{index + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({key: state[key] for key in keys[index::shards]}, str(path))
+        paths.append(str(path))
+    return paths
+
+
+def write_header_only(path: Path, shapes: Dict[str, Sequence[int]], dtype: str = "BF16") -> Tuple[int, int]:
+    """A valid safetensors file whose tensor bytes are a sparse hole: real-size layout, ~no disk use.
+
+    Returns (apparent size, bytes actually allocated).
+    """
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        numel = 1
+        for size in shape:
+            numel *= size
+        nbytes = numel * _DTYPE_BYTES[dtype]
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)) + encoded)
+    os.truncate(path, 8 + len(encoded) + offset)
+    stat = os.stat(path)
+    return stat.st_size, stat.st_blocks * 512
