@@ -2,6 +2,9 @@
 
 ``1k`` is the released L2P checkpoint (``model-1k-merge.safetensors``); its published DiffSynth
 hash is a fact about that file and is checked against a meta-device build in the tests.
+``4k``, ``8k`` and ``10k`` are the later ultra-high-resolution checkpoints (Z-Image Base backbone, 64x64
+token grid).  Only their hashes and a prose description were published; the head layouts below are the
+ones whose meta-device hash equals the published hash (each was the single match of a bounded search).
 ``tiny`` is this project's CPU-sized model of the same class.
 """
 
@@ -21,6 +24,46 @@ class L2PConfig:
 
 L2P_1K = L2PConfig(kwargs={}, published_hash="577b2d3e0acea1fb784ca600f966805e")
 
+# 4K: two full-resolution stages above the 1K head; decoder widths follow the encoder widths.
+L2P_4K = L2PConfig(
+    kwargs=dict(
+        all_patch_size=(64,),
+        head_channels=(16, 32, 64, 128, 256, 512),
+        head_stage_names=("0", "0b", "1", "2", "3", "4"),
+    ),
+    published_hash="69e8fd5b562ea858b9f864508c1263b3",
+    default_height=4096,
+    default_width=4096,
+)
+
+# 8K: the 4K head wrapped in one more stage (enc_8k 3->3, up_8k 16->16, dec_8k 16+3->16).
+L2P_8K = L2PConfig(
+    kwargs=dict(
+        all_patch_size=(128,),
+        head_channels=(3, 16, 32, 64, 128, 256, 512),
+        head_decoder_channels=(16, 16, 32, 64, 128, 256, 512),
+        head_stage_names=("_8k", "0", "0b", "1", "2", "3", "4"),
+    ),
+    published_hash="df0e4e865d39501e2fe96c7ea8aa40f6",
+    default_height=8192,
+    default_width=8192,
+)
+
+# 10K: no enc4/up4/dec4; the bottleneck (256+3840->512) sits on a 160x160 grid and the 64x64 DiT
+# features are nearest-upsampled to it; wrapped like 8K (enc_10k_a, up_10k_a, dec_10k_a).
+L2P_10K = L2PConfig(
+    kwargs=dict(
+        all_patch_size=(160,),
+        head_channels=(3, 16, 32, 64, 128, 256),
+        head_decoder_channels=(16, 16, 32, 64, 128, 256),
+        head_bottleneck_channels=512,
+        head_stage_names=("_10k_a", "0", "0b", "1", "2", "3"),
+    ),
+    published_hash="e6094ba663b7c10011eb47db072ead0b",
+    default_height=10240,
+    default_width=10240,
+)
+
 L2P_TINY = L2PConfig(
     kwargs=dict(
         dim=128,
@@ -37,7 +80,7 @@ L2P_TINY = L2PConfig(
     default_width=64,
 )
 
-L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "tiny": L2P_TINY}
+L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}
 
 # Hashes of the stock latent Z-Image files (DiffSynth registry facts), used to recognise them.
 Z_IMAGE_TURBO_DIT_HASH = "fc3a8a1247fe185ce116ccbe0e426c28"

@@ -1,0 +1,52 @@
+"""A Qwen3 text encoder of any size, laid out like DiffSynth's ``ZImageTextEncoder`` (keys ``model.*``).
+
+DiffSynth's ``ZImageTextEncoder`` only knows the 0.6B/4B/8B configurations and builds one in its
+constructor, so small encoders (the tiny model set's) use this class instead.  Registered under
+DiffSynth's ``z_image_text_encoder`` name, it is what ``ZImageUnit_PromptEmbedder`` calls.
+"""
+
+from typing import Any
+
+import torch
+from diffsynth.configs import VRAM_MANAGEMENT_MODULE_MAPS
+from diffsynth.core import hash_state_dict_keys
+from transformers import Qwen3Config, Qwen3Model
+
+from ..registry import register_model
+
+TEXT_ENCODER_MODEL_NAME = "z_image_text_encoder"
+Z_IMAGE_TEXT_ENCODER_CLASS = "diffsynth.models.z_image_text_encoder.ZImageTextEncoder"
+
+
+class Qwen3TextEncoder(torch.nn.Module):
+    """``transformers.Qwen3Model`` built from ``Qwen3Config(**config)``; forward as ``ZImageTextEncoder``'s."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.model = Qwen3Model(Qwen3Config(**config))
+
+    def forward(self, *args: Any, **kwargs: Any):
+        return self.model(*args, **kwargs)
+
+
+TEXT_ENCODER_CLASS = f"{Qwen3TextEncoder.__module__}.{Qwen3TextEncoder.__qualname__}"
+
+
+def text_encoder_hash(**config: Any) -> str:
+    """DiffSynth's file hash of a ``Qwen3TextEncoder(**config)`` checkpoint, computed on the meta device."""
+    with torch.device("meta"):
+        model = Qwen3TextEncoder(**config)
+    return hash_state_dict_keys(model.state_dict())
+
+
+def register_text_encoder(**config: Any) -> str:
+    """Register a ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash.
+
+    The class gets the VRAM-management map of DiffSynth's ``ZImageTextEncoder`` (same layers).
+    """
+    model_hash = text_encoder_hash(**config)
+    register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
+    VRAM_MANAGEMENT_MODULE_MAPS.setdefault(
+        TEXT_ENCODER_CLASS, dict(VRAM_MANAGEMENT_MODULE_MAPS[Z_IMAGE_TEXT_ENCODER_CLASS])
+    )
+    return model_hash
