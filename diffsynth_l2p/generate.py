@@ -1,0 +1,121 @@
+"""Batch generation to PNG files: prompt files in, images with their generation parameters out (``l2p generate``)."""
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm import tqdm
+
+from .pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift
+
+PNG_PARAMETERS_KEY = "parameters"
+
+
+def read_prompts(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+    """Prompt records from a ``.txt`` file (one prompt per non-empty line) or a ``.jsonl`` file.
+
+    JSONL lines are objects with ``prompt`` and optionally ``negative_prompt`` and ``seed``.
+    """
+    path = Path(path)
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if path.suffix.lower() != ".jsonl":
+        return [{"prompt": line} for line in lines]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}).") from error
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f'{path}:{number} must be an object with a string "prompt", e.g. {{"prompt": "a cat"}}.')
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no prompts.")
+    return records
+
+
+def _slug(text: str, length: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].rstrip("-") or "image"
+
+
+def output_paths(out: Union[str, os.PathLike], names: List[str]) -> List[Path]:
+    """``out`` itself for one image named ``*.png``, numbered siblings for several, else files in directory ``out``."""
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        if len(names) == 1:
+            return [out]
+        return [out.with_name(f"{out.stem}-{index:03d}.png") for index in range(len(names))]
+    return [out / f"{index:03d}-{_slug(name)}.png" for index, name in enumerate(names)]
+
+
+def save_png(image: Image.Image, path: Union[str, os.PathLike], parameters: Dict[str, Any]) -> None:
+    """Write ``image`` atomically as PNG with ``parameters`` as JSON in the ``parameters`` text chunk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text(PNG_PARAMETERS_KEY, json.dumps(parameters, sort_keys=True))
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG", pnginfo=info)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def read_png_parameters(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The generation parameters ``save_png`` stored in a PNG."""
+    with Image.open(path) as image:
+        return json.loads(image.text[PNG_PARAMETERS_KEY])
+
+
+def generate_to_files(
+    pipe: ZImageL2PPipeline,
+    records: List[Dict[str, Any]],
+    out: Union[str, os.PathLike],
+    *,
+    height: int,
+    width: int,
+    num_inference_steps: int = 30,
+    cfg_scale: float = 2.0,
+    sigma_shift: Optional[float] = None,
+    negative_prompt: str = "",
+    seed: int = 42,
+    num_images: int = 1,
+    model: Optional[str] = None,
+) -> List[Path]:
+    """Run ``pipe`` for every prompt record, ``num_images`` each with seeds ``seed``, ``seed + 1``, …; return the PNGs.
+
+    Records (see ``read_prompts``) may override ``negative_prompt`` and ``seed``.  Each PNG stores its
+    own parameters (see ``read_png_parameters``); ``model`` is recorded as given.
+    """
+    paths = output_paths(out, [record["prompt"] for record in records for _ in range(num_images)])
+    several = len(records) > 1
+    written = []
+    for number, record in enumerate(tqdm(records, desc="prompts", disable=not several)):
+        call = dict(
+            prompt=record["prompt"],
+            negative_prompt=record.get("negative_prompt", negative_prompt),
+            seed=int(record.get("seed", seed)),
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            cfg_scale=cfg_scale,
+            sigma_shift=sigma_shift,
+        )
+        images = pipe(**call, num_images=num_images, progress_bar_cmd=(lambda steps: steps) if several else tqdm)
+        for index, image in enumerate(images if isinstance(images, list) else [images]):
+            parameters = dict(call, seed=call["seed"] + index, height=image.height, width=image.width, model=model)
+            if sigma_shift is None:
+                parameters["sigma_shift"] = default_sigma_shift(image.height, image.width)
+            path = paths[number * num_images + index]
+            save_png(image, path, parameters)
+            written.append(path)
+    return written

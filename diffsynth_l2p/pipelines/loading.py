@@ -1,0 +1,115 @@
+"""Find a model set's files (directory, explicit files, or the default tiny set) and load the pipeline."""
+
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from diffsynth.core import ModelConfig, hash_model_file
+
+from ..models.configs import L2P_CONFIGS
+from ..registry import L2P_DIT_MODEL_NAME, find_registered, l2p_dit_hash
+from ..tiny import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
+from .z_image_l2p import ZImageL2PPipeline
+
+ModelFiles = Dict[str, Union[str, List[str]]]
+ModelSpec = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]], Mapping[str, object]]
+
+
+def _is_l2p_dit(path: str) -> bool:
+    return any(entry["model_name"] == L2P_DIT_MODEL_NAME for entry in find_registered(hash_model_file(path)))
+
+
+def _from_directory(model_dir: Path) -> ModelFiles:
+    """``<dir>/<dit>.safetensors`` + ``<dir>/text_encoder/*.safetensors`` + ``<dir>/tokenizer/``."""
+    candidates = sorted(model_dir.glob("*.safetensors"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"No DiT checkpoint in {model_dir}: expected a top-level .safetensors file such as "
+            "model-1k-merge.safetensors (an L2P DiT), next to text_encoder/ and tokenizer/."
+        )
+    dits = [str(path) for path in candidates if _is_l2p_dit(str(path))] if len(candidates) > 1 else [str(candidates[0])]
+    if len(dits) != 1:
+        raise ValueError(f"{model_dir} holds {len(dits)} L2P DiT checkpoints; pass the one to use explicitly.")
+    text_encoder = sorted(str(path) for path in (model_dir / TEXT_ENCODER_DIR).glob("*.safetensors"))
+    if not text_encoder:
+        raise FileNotFoundError(
+            f"No text encoder in {model_dir / TEXT_ENCODER_DIR}: copy the Z-Image text encoder shards there "
+            "(Tongyi-MAI/Z-Image-Turbo text_encoder/*.safetensors)."
+        )
+    tokenizer = model_dir / TOKENIZER_DIR
+    if not tokenizer.is_dir():
+        raise FileNotFoundError(
+            f"No tokenizer directory {tokenizer}: copy Tongyi-MAI/Z-Image-Turbo's tokenizer/ folder there."
+        )
+    return {"dit": dits[0], "text_encoder": text_encoder, "tokenizer": str(tokenizer)}
+
+
+def _from_paths(paths: Sequence[str]) -> ModelFiles:
+    """Explicit paths: the tokenizer directory, the L2P DiT file and the text-encoder shards (told apart by hash)."""
+    directories = [path for path in paths if os.path.isdir(path)]
+    files = [path for path in paths if os.path.isfile(path)]
+    missing = sorted(set(paths) - set(directories) - set(files))
+    if missing:
+        raise FileNotFoundError(f"Model paths not found: {', '.join(missing)}.")
+    if len(directories) != 1:
+        raise ValueError(f"Pass exactly one tokenizer directory among the model paths, got {len(directories)}.")
+    dits = [path for path in files if _is_l2p_dit(path)]
+    if len(dits) != 1:
+        raise ValueError(
+            f"Pass exactly one L2P DiT file among the model paths, found {len(dits)} "
+            "(a latent Z-Image DiT must be converted first with `l2p convert`)."
+        )
+    text_encoder = sorted(path for path in files if path != dits[0])
+    if not text_encoder:
+        raise ValueError("No text-encoder files among the model paths: add the text_encoder/*.safetensors shards.")
+    return {"dit": dits[0], "text_encoder": text_encoder, "tokenizer": directories[0]}
+
+
+def resolve_model_files(model: ModelSpec = None) -> ModelFiles:
+    """``{"dit": file, "text_encoder": [files], "tokenizer": dir}`` for a model set.
+
+    ``model`` is ``None`` (the default tiny set, built on first use), a directory laid out like
+    ``build_tiny_l2p``'s output or like the release (``model-1k-merge.safetensors`` + ``text_encoder/`` +
+    ``tokenizer/``), a list of paths (DiT file, text-encoder shards, tokenizer directory), or such a dict.
+    """
+    if model is None:
+        return _from_directory(default_model_dir())
+    if isinstance(model, Mapping):
+        text_encoder = model["text_encoder"]
+        text_encoder = [str(text_encoder)] if isinstance(text_encoder, (str, os.PathLike)) else list(text_encoder)
+        return {
+            "dit": str(model["dit"]),
+            "text_encoder": [str(p) for p in text_encoder],
+            "tokenizer": str(model["tokenizer"]),
+        }
+    paths = [str(model)] if isinstance(model, (str, os.PathLike)) else [str(path) for path in model]
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        return _from_directory(Path(paths[0]))
+    return _from_paths(paths)
+
+
+def native_size(dit_path: str) -> Tuple[int, int]:
+    """The (height, width) a named L2P configuration was made for; 1024x1024 for unknown checkpoints."""
+    model_hash = hash_model_file(dit_path)
+    for config in L2P_CONFIGS.values():
+        if model_hash == (config.published_hash or l2p_dit_hash(**config.kwargs)):
+            return config.default_height, config.default_width
+    return 1024, 1024
+
+
+def load_pipeline(
+    model: ModelSpec = None,
+    device: Union[str, torch.device] = "cpu",
+    torch_dtype: torch.dtype = torch.float32,
+    vram_limit: Optional[float] = None,
+) -> ZImageL2PPipeline:
+    """``ZImageL2PPipeline.from_pretrained`` on the files of ``resolve_model_files(model)``."""
+    files = resolve_model_files(model)
+    return ZImageL2PPipeline.from_pretrained(
+        torch_dtype=torch_dtype,
+        device=device,
+        model_configs=[ModelConfig(path=files["dit"]), ModelConfig(path=files["text_encoder"])],
+        tokenizer_config=ModelConfig(path=files["tokenizer"]),
+        vram_limit=vram_limit,
+    )

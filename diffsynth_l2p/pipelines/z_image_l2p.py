@@ -1,0 +1,401 @@
+"""``ZImageL2PPipeline``: text-to-image and image-to-image with the pixel-space L2P Z-Image DiT.
+
+DiffSynth's Z-Image pipeline with the VAE removed: the DiT denoises RGB pixels in [-1, 1] directly.
+Prompt encoding, shape checking, the scheduler, CFG and the Euler step are DiffSynth's own.
+"""
+
+import copy
+import math
+import os
+import warnings
+from numbers import Real
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from diffsynth.core import ModelConfig, hash_model_file
+from diffsynth.core.device.npu_compatible_device import get_device_type
+from diffsynth.diffusion import FlowMatchScheduler
+from diffsynth.diffusion.base_pipeline import BasePipeline, PipelineUnit
+from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, ZImageUnit_ShapeChecker
+from PIL import Image
+from tqdm import tqdm
+
+from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
+from ..models.z_image_l2p_dit import ZImageL2PDiT
+from ..registry import L2P_DIT_MODEL_NAME, find_registered
+from ..tiny import register_tiny_models
+
+# DiffSynth's loader must know the tiny model set's files (its text encoder is our class): ~40 ms, meta device.
+register_tiny_models()
+
+LATENT_DIT_MODEL_NAME = "z_image_dit"
+# Larger images are rejected before anything is allocated; raise ``pipe.max_pixels`` to allow them.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"
+TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
+
+
+def default_sigma_shift(height: int, width: int) -> float:
+    """Scheduler shift: 3 up to 1024x1024 pixels, then +0.75 per doubling of the side (3.75 at 2K, 4.5 at 4K)."""
+    area_ratio = height * width / (1024 * 1024)
+    return 3.0 if area_ratio <= 1 else 3.0 + 0.375 * math.log2(area_ratio)
+
+
+def check_input_image(image: Any) -> None:
+    """Raise a ``TypeError`` naming the fix unless ``image`` is a PIL image."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"input_image must be a PIL.Image.Image, got {type(image).__name__}; "
+            "load it with PIL.Image.open(path).convert('RGB')."
+        )
+
+
+class ZImageL2PPipeline(BasePipeline):
+    """Pixel-space Z-Image (L2P): tokenizer + Qwen3 text encoder + ``ZImageL2PDiT``, no VAE."""
+
+    def __init__(self, device: Union[str, torch.device] = get_device_type(), torch_dtype: torch.dtype = torch.bfloat16):
+        super().__init__(device=device, torch_dtype=torch_dtype, height_division_factor=16, width_division_factor=16)
+        self.scheduler = FlowMatchScheduler("Z-Image")
+        self.text_encoder: Optional[torch.nn.Module] = None
+        self.dit: Optional[ZImageL2PDiT] = None
+        self.tokenizer = None
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.in_iteration_models = ("dit",)
+        self.units = [
+            ZImageUnit_ShapeChecker(),
+            ZImageUnit_PromptEmbedder(),
+            ZImageL2PUnit_NoiseInitializer(),
+            ZImageL2PUnit_InputImageEmbedder(),
+        ]
+        self.model_fn = model_fn_z_image_l2p
+        self.compilable_models = ["dit"]
+
+    @staticmethod
+    def from_pretrained(
+        torch_dtype: torch.dtype = torch.bfloat16,
+        device: Union[str, torch.device] = get_device_type(),
+        model_configs: List[ModelConfig] = [],  # noqa: B006 -- DiffSynth's signature; only copies are used
+        tokenizer_config: Optional[ModelConfig] = ModelConfig(
+            model_id="Tongyi-MAI/Z-Image-Turbo", origin_file_pattern="tokenizer/"
+        ),
+        vram_limit: Optional[float] = None,
+    ) -> "ZImageL2PPipeline":
+        """Load the L2P DiT and the Z-Image text encoder from ``model_configs`` and the tokenizer."""
+        pipe = ZImageL2PPipeline(device=device, torch_dtype=torch_dtype)
+        if vram_limit is not None and not hasattr(getattr(torch, pipe.device_type, None), "mem_get_info"):
+            warnings.warn(f"vram_limit is ignored on {pipe.device_type}: it has no memory to query.", stacklevel=2)
+            vram_limit = None
+        # Copies: resolving fills in paths, which must not stick to the caller's (or the default) configs.
+        model_configs = [copy.copy(config) for config in model_configs]
+        for config in model_configs:
+            _resolve_files(config)
+            _check_checkpoint(config.path)
+        model_pool = pipe.download_and_load_models(model_configs, vram_limit)
+        pipe.dit = model_pool.fetch_model(L2P_DIT_MODEL_NAME)
+        pipe.text_encoder = model_pool.fetch_model(TEXT_ENCODER_MODEL_NAME)
+        if tokenizer_config is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer_config = copy.copy(tokenizer_config)
+            _resolve_files(tokenizer_config, is_dir=True)
+            pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
+        pipe.check_models()
+        pipe.height_division_factor = pipe.width_division_factor = pipe.dit.size_multiple
+        pipe.vram_management_enabled = pipe.check_vram_management_state()
+        return pipe
+
+    def check_models(self) -> None:
+        """Raise a ``ValueError`` naming what to load when the DiT, text encoder or tokenizer is missing."""
+        if self.dit is None:
+            raise ValueError(
+                "No L2P DiT loaded: add ModelConfig(path='.../model-1k-merge.safetensors') (or another L2P checkpoint) "
+                "to model_configs. A latent Z-Image DiT must be converted first with `l2p convert`."
+            )
+        if self.text_encoder is None:
+            raise ValueError(
+                "No Z-Image text encoder loaded: add ModelConfig(path=[the text_encoder/*.safetensors shards]) "
+                f"or {TEXT_ENCODER_HINT} to model_configs."
+            )
+        if self.tokenizer is None:
+            raise ValueError(
+                f"No tokenizer loaded: pass tokenizer_config=ModelConfig(path='.../tokenizer') or {TOKENIZER_HINT}."
+            )
+        text_config = _unwrap(self.text_encoder).model.config
+        caption_width = _unwrap(self.dit.cap_embedder[0]).weight.shape[0]
+        if text_config.hidden_size != caption_width:
+            raise ValueError(
+                f"The text encoder's width {text_config.hidden_size} is not the DiT's caption width {caption_width}: "
+                "load the text encoder that belongs to this DiT (Qwen3-4B, 2560, for the released L2P models)."
+            )
+        if len(self.tokenizer) > text_config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(self.tokenizer)} tokens but the text encoder only {text_config.vocab_size}: "
+                "load the tokenizer that belongs to this text encoder."
+            )
+
+    def check_resize_height_width(self, height: int, width: int, num_frames: Optional[int] = None, verbose: int = 1):
+        """DiffSynth's rounding up to a multiple of the patch size, reported as a ``UserWarning``."""
+        rounded = super().check_resize_height_width(height, width, num_frames, verbose=0)
+        if verbose > 0 and tuple(rounded[:2]) != (height, width):
+            factor = self.height_division_factor
+            warnings.warn(
+                f"height and width must be multiples of {factor}: {height}x{width} is rounded up to "
+                f"{rounded[0]}x{rounded[1]}.",
+                stacklevel=2,
+            )
+        return rounded
+
+    def check_inputs(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        cfg_scale: float,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        denoising_strength: float,
+        num_images: int,
+        input_image: Optional[Image.Image],
+    ) -> Tuple[int, int]:
+        """Validate the call's arguments before anything is allocated; return the size rounded up to the patch."""
+        self.check_models()
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
+        if not isinstance(cfg_scale, Real):
+            raise TypeError(f"cfg_scale must be a number, got {type(cfg_scale).__name__}.")
+        for name, value in (
+            ("height", height),
+            ("width", width),
+            ("num_inference_steps", num_inference_steps),
+            ("num_images", num_images),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 < denoising_strength <= 1:
+            raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
+        if input_image is not None:
+            check_input_image(input_image)
+        height, width = self.check_resize_height_width(height, width)
+        if height * width > self.max_pixels:
+            raise ValueError(
+                f"{height}x{width} is {height * width:,} pixels, over this pipeline's cap of {self.max_pixels:,} "
+                "(pipe.max_pixels); lower height/width or raise pipe.max_pixels."
+            )
+        patch = self.dit.patch_size
+        max_h, max_w = self.dit.axes_lens[1], self.dit.axes_lens[2]
+        if height // patch > max_h or width // patch > max_w:
+            raise ValueError(
+                f"{height}x{width} is a {height // patch}x{width // patch} token grid; this DiT's position embedding "
+                f"covers at most {max_h}x{max_w} tokens ({max_h * patch}x{max_w * patch} pixels)."
+            )
+        return height, width
+
+    def load_models_to_device(self, model_names: Sequence[str]) -> None:
+        """DiffSynth's onload/offload; on devices without ``empty_cache`` (CPU) it is done here without it."""
+        if hasattr(getattr(torch, self.device_type, None), "empty_cache"):
+            return super().load_models_to_device(model_names)
+        if not self.vram_management_enabled:
+            return
+        for name, model in self.named_children():
+            if getattr(model, "vram_management_enabled", False):
+                _set_onloaded(model, name in model_names)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        cfg_scale: float = 2.0,
+        height: int = 1024,
+        width: int = 1024,
+        seed: Optional[int] = 42,
+        rand_device: Union[str, torch.device] = "cpu",
+        num_inference_steps: int = 30,
+        sigma_shift: Optional[float] = None,
+        input_image: Optional[Image.Image] = None,
+        denoising_strength: float = 1.0,
+        num_images: int = 1,
+        progress_bar_cmd=tqdm,
+    ) -> Union[Image.Image, List[Image.Image]]:
+        """Generate ``num_images`` images (PIL; a list when ``num_images > 1``) for one prompt.
+
+        Image ``i`` uses noise seeded with ``seed + i``, so a batch equals separate calls with those seeds.
+        Sizes that are not multiples of 16 are rounded up with a warning; ``sigma_shift=None`` means
+        ``default_sigma_shift(height, width)``; with ``input_image``, ``denoising_strength < 1`` keeps
+        that much of the schedule (img2img) and the image is resized to ``width`` x ``height``.
+        """
+        height, width = self.check_inputs(
+            prompt,
+            negative_prompt,
+            cfg_scale,
+            height,
+            width,
+            num_inference_steps,
+            denoising_strength,
+            num_images,
+            input_image,
+        )
+        if sigma_shift is None:
+            sigma_shift = default_sigma_shift(height, width)
+        self.scheduler.set_timesteps(num_inference_steps, denoising_strength=denoising_strength, shift=sigma_shift)
+
+        inputs_posi = {"prompt": prompt}
+        inputs_nega = {"negative_prompt": negative_prompt}
+        inputs_shared = {
+            "cfg_scale": cfg_scale,
+            "input_image": input_image,
+            "denoising_strength": denoising_strength,
+            "height": height,
+            "width": width,
+            "seed": seed,
+            "rand_device": rand_device,
+            "num_inference_steps": num_inference_steps,
+            "num_images": num_images,
+        }
+        for unit in self.units:
+            inputs_shared, inputs_posi, inputs_nega = self.unit_runner(
+                unit, self, inputs_shared, inputs_posi, inputs_nega
+            )
+
+        # Denoise: velocity (CFG-combined; the negative branch is skipped at cfg_scale == 1) and an Euler step.
+        self.load_models_to_device(self.in_iteration_models)
+        models = {name: getattr(self, name) for name in self.in_iteration_models}
+        for progress_id, timestep in enumerate(progress_bar_cmd(self.scheduler.timesteps)):
+            timestep = timestep.unsqueeze(0).to(dtype=self.torch_dtype, device=self.device)
+            noise_pred = self.cfg_guided_model_fn(
+                self.model_fn,
+                cfg_scale,
+                inputs_shared,
+                inputs_posi,
+                inputs_nega,
+                **models,
+                timestep=timestep,
+                progress_id=progress_id,
+            )
+            inputs_shared["latents"] = self.step(
+                self.scheduler, progress_id=progress_id, noise_pred=noise_pred, **inputs_shared
+            )
+        self.load_models_to_device([])
+
+        # The "latents" are pixels in [-1, 1]: no decoder.
+        images = [self.vae_output_to_image(sample.float(), pattern="C H W") for sample in inputs_shared["latents"]]
+        return images[0] if num_images == 1 else images
+
+
+class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
+    """Pixel noise ``[num_images, 3, H, W]``; image ``i`` is drawn from its own generator seeded ``seed + i``."""
+
+    def __init__(self):
+        super().__init__(
+            input_params=("height", "width", "seed", "rand_device", "num_images"),
+            output_params=("noise",),
+        )
+
+    def process(self, pipe: ZImageL2PPipeline, height, width, seed, rand_device, num_images=None) -> dict:
+        num_images = num_images or 1
+        seeds = [None if seed is None else seed + i for i in range(num_images)]
+        noise = [
+            pipe.generate_noise(
+                (1, 3, height, width), seed=s, rand_device=rand_device, rand_torch_dtype=pipe.torch_dtype
+            )
+            for s in seeds
+        ]
+        return {"noise": torch.cat(noise)}
+
+
+class ZImageL2PUnit_InputImageEmbedder(PipelineUnit):
+    """The input image as pixels in [-1, 1]; noised to the first timestep for img2img, clean for training."""
+
+    def __init__(self):
+        super().__init__(
+            input_params=("input_image", "noise", "height", "width"),
+            output_params=("latents", "input_latents"),
+        )
+
+    def process(self, pipe: ZImageL2PPipeline, input_image, noise, height, width) -> dict:
+        if input_image is None:
+            return {"latents": noise, "input_latents": None}
+        check_input_image(input_image)
+        image = input_image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.LANCZOS)
+        input_latents = pipe.preprocess_image(image)
+        if pipe.scheduler.training:
+            return {"latents": noise, "input_latents": input_latents}
+        latents = pipe.scheduler.add_noise(input_latents, noise, timestep=pipe.scheduler.timesteps[0])
+        return {"latents": latents, "input_latents": input_latents}
+
+
+def model_fn_z_image_l2p(
+    dit: ZImageL2PDiT,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    prompt_embeds: List[torch.Tensor],
+    use_gradient_checkpointing: bool = False,
+    use_gradient_checkpointing_offload: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Flow velocity ``noise - x0`` for pixel ``latents`` [B, 3, H, W]; one prompt is shared by all B images."""
+    batch = latents.shape[0]
+    if len(prompt_embeds) == 1 and batch > 1:
+        prompt_embeds = list(prompt_embeds) * batch
+    # The DiT already returns the velocity (its head predicts x0 - noise and is negated inside): no sign flip here.
+    return dit(
+        latents,
+        timestep.expand(batch),
+        prompt_embeds,
+        use_gradient_checkpointing=use_gradient_checkpointing,
+        use_gradient_checkpointing_offload=use_gradient_checkpointing_offload,
+    )
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DiffSynth VRAM-management wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+def _set_onloaded(model: torch.nn.Module, onload: bool) -> None:
+    """Move a VRAM-managed model (or its wrapped layers) to its onload or offload place."""
+    modules = [model] if hasattr(model, "onload") else [m for m in model.modules() if hasattr(m, "onload")]
+    for module in modules:
+        module.onload() if onload else module.offload()
+
+
+def _resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
+    """``config.download_if_necessary()``, with errors that say which files to fetch and how."""
+    source = (
+        config.path or f"ModelConfig(model_id={config.model_id!r}, origin_file_pattern={config.origin_file_pattern!r})"
+    )
+    try:
+        config.download_if_necessary()
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not download {source}: {error}. Offline, fetch the files on another machine and pass "
+            "ModelConfig(path=...), or set DIFFSYNTH_SKIP_DOWNLOAD=True to use files already under "
+            "$DIFFSYNTH_MODEL_BASE_PATH (default ./models)."
+        ) from error
+    paths = config.path if isinstance(config.path, list) else [config.path]
+    exists = os.path.isdir if is_dir else os.path.isfile
+    missing = [path for path in paths if not (path and exists(path))]
+    if not paths or missing:
+        raise FileNotFoundError(
+            f"{source}: {'directory' if is_dir else 'file'} not found ({missing or 'no files matched'}). "
+            "Download it (with DIFFSYNTH_SKIP_DOWNLOAD unset) or point ModelConfig(path=...) at local files."
+        )
+
+
+def _check_checkpoint(path: Union[str, List[str]]) -> None:
+    """Reject, before loading, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+    model_hash = hash_model_file(path)
+    names = {entry["model_name"] for entry in find_registered(model_hash)}
+    if not names:
+        raise ValueError(
+            f"{path} (DiffSynth hash {model_hash}) is not a checkpoint DiffSynth or diffsynth-l2p knows. Expected an "
+            "L2P DiT such as model-1k-merge.safetensors, or all text-encoder shards together in one ModelConfig."
+        )
+    if LATENT_DIT_MODEL_NAME in names and L2P_DIT_MODEL_NAME not in names:
+        raise ValueError(
+            f"{path} is a latent Z-Image DiT checkpoint (hash {model_hash}), not an L2P pixel DiT; "
+            "convert it first with `l2p convert`."
+        )

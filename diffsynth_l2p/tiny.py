@@ -1,0 +1,202 @@
+"""The tiny L2P model set: a CPU-sized L2P DiT, Qwen3 text encoder and word-level tokenizer on disk.
+
+``build_tiny_l2p`` writes the three parts in the real on-disk formats, so DiffSynth's loader and
+``ZImageL2PPipeline.from_pretrained`` load them exactly like the released files.  The weights are
+**random** (seeded): the set exercises every code path and is the default model of ``l2p generate``
+until trained tiny weights ship; its images are textures, not pictures of the prompt.
+"""
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Union
+
+import torch
+from safetensors.torch import save_file
+
+from .models.configs import L2P_CONFIGS
+from .models.text_encoder import Qwen3TextEncoder, register_text_encoder
+from .models.z_image_l2p_dit import ZImageL2PDiT
+from .registry import register_l2p_dit
+
+TINY_SET_VERSION = "tiny-random-v1"
+DIT_FILE = "l2p-dit.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZER_DIR = "tokenizer"
+
+PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
+SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# Lower-case words of the shapes world (DESIGN C) plus the chat roles; anything else becomes <unk>.
+WORDS = """
+a an the of and with on in at to is are there image picture photo background
+user assistant system
+one two three four five six seven eight nine ten single pair few many no
+red green blue yellow purple orange black white gray grey pink brown cyan magenta
+circle circles square squares triangle triangles rectangle rectangles star stars dot dots shape shapes
+small large big tiny medium huge
+left right top bottom center middle above below under over beside near next between corner side
+""".split()
+PUNCTUATION = list(".,;:!?'\"()-")
+DIGITS = list("0123456789")
+VOCABULARY: List[str] = SPECIAL_TOKENS + WORDS + PUNCTUATION + DIGITS
+
+# Qwen3's chat layout; with enable_thinking=False Qwen3 appends an empty think block, so does this.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+# hidden_size = the tiny DiT's cap_feat_dim; hidden_states[-2] (what the prompt unit reads) is layer 2's output.
+TINY_TEXT_ENCODER_CONFIG = dict(
+    vocab_size=len(VOCABULARY),
+    hidden_size=L2P_CONFIGS["tiny"].kwargs["cap_feat_dim"],
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+)
+
+
+@functools.cache
+def register_tiny_models() -> Dict[str, str]:
+    """Register the tiny DiT and text encoder with DiffSynth (idempotent, cached); return their hashes."""
+    return {
+        "dit": register_l2p_dit(**L2P_CONFIGS["tiny"].kwargs),
+        "text_encoder": register_text_encoder(**TINY_TEXT_ENCODER_CONFIG),
+    }
+
+
+def build_tokenizer():
+    """Word-level ``PreTrainedTokenizerFast`` over ``VOCABULARY`` with Qwen3's special tokens and chat template."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(VOCABULARY)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK_TOKEN,
+        pad_token=PAD_TOKEN,
+        eos_token="<|im_end|>",
+        additional_special_tokens=SPECIAL_TOKENS[2:],
+        model_max_length=512,
+        padding_side="right",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """``save_pretrained``, naming the class ``PreTrainedTokenizerFast``, which transformers 4 and 5 both resolve."""
+    tokenizer.save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _init_(tensor: torch.Tensor, generator: torch.Generator, std: float) -> None:
+    tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, seed: int) -> None:
+    """Seeded init of every parameter, by name, independent of construction order and torch defaults.
+
+    Matrices and convs ~ N(0, 1/fan_in) keep activations O(1) through the residual stack; norms are 1,
+    biases 0, pad tokens ~ N(0, 0.02) (the DiT creates them with ``torch.empty``).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in sorted(model.named_parameters()):
+        if name.endswith("pad_token"):
+            _init_(param, generator, 0.02)
+        elif param.dim() >= 2:
+            _init_(param, generator, param[0].numel() ** -0.5)
+        elif name.endswith("bias"):
+            param.zero_()
+        else:
+            param.fill_(1.0)
+
+
+def _save_safetensors(model: torch.nn.Module, path: Path) -> None:
+    state_dict = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    save_file(state_dict, str(path))
+
+
+def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Union[str, List[str]]]:
+    """Write a random tiny L2P model set into ``out_dir`` (created atomically; must not exist or be empty).
+
+    Layout: ``l2p-dit.safetensors``, ``text_encoder/model.safetensors``, ``tokenizer/``.
+    Returns ``{"dit": file, "text_encoder": [file], "tokenizer": dir}``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; choose a new directory for the tiny model set.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(out_dir.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would stick to out_dir
+    try:
+        dit = ZImageL2PDiT(**L2P_CONFIGS["tiny"].kwargs)
+        init_weights(dit, seed)
+        _save_safetensors(dit, staging / DIT_FILE)
+
+        text_encoder = Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG)
+        init_weights(text_encoder, seed + 1)
+        (staging / TEXT_ENCODER_DIR).mkdir()
+        _save_safetensors(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors")
+
+        save_tokenizer(build_tokenizer(), staging / TOKENIZER_DIR)
+        try:
+            os.replace(staging, out_dir)  # an empty out_dir is replaced; a non-empty one (a racing build) is not
+        except OSError as error:
+            raise FileExistsError(f"{out_dir} appeared while building the tiny model set.") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return tiny_model_files(out_dir)
+
+
+def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str, List[str]]]:
+    """The file dict of a model set laid out by ``build_tiny_l2p``."""
+    model_dir = Path(model_dir)
+    return {
+        "dit": str(model_dir / DIT_FILE),
+        "text_encoder": [str(model_dir / TEXT_ENCODER_DIR / "model.safetensors")],
+        "tokenizer": str(model_dir / TOKENIZER_DIR),
+    }
+
+
+def default_model_dir() -> Path:
+    """The default model set, built on first use: ``$L2P_HOME/tiny-random-v1`` (``~/.cache/diffsynth_l2p``).
+
+    It is the random tiny set of ``build_tiny_l2p(seed=0)``, a stand-in until trained tiny weights ship.
+    """
+    home = Path(os.environ.get("L2P_HOME") or Path.home() / ".cache" / "diffsynth_l2p")
+    model_dir = home / TINY_SET_VERSION
+    if not (model_dir / DIT_FILE).exists():
+        try:
+            build_tiny_l2p(model_dir, seed=0)
+        except FileExistsError:
+            if not (model_dir / DIT_FILE).exists():  # not a concurrent build that just finished
+                raise
+    return model_dir
