@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -11,33 +10,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
+from .atomic import atomic_open
 from .pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift
 
 PNG_PARAMETERS_KEY = "parameters"
-
-
-def read_prompts(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
-    """Prompt records from a ``.txt`` file (one prompt per non-empty line) or a ``.jsonl`` file.
-
-    JSONL lines are objects with ``prompt`` and optionally ``negative_prompt`` and ``seed``.
-    """
-    path = Path(path)
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if path.suffix.lower() != ".jsonl":
-        return [{"prompt": line} for line in lines]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}).") from error
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ValueError(f'{path}:{number} must be an object with a string "prompt", e.g. {{"prompt": "a cat"}}.')
-        records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no prompts.")
-    return records
 
 
 def _slug(text: str, length: int = 40) -> str:
@@ -60,14 +36,8 @@ def save_png(image: Image.Image, path: Union[str, os.PathLike], parameters: Dict
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text(PNG_PARAMETERS_KEY, json.dumps(parameters, sort_keys=True))
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format="PNG", pnginfo=info)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    with atomic_open(path, "wb") as file:
+        image.save(file, format="PNG", pnginfo=info)
 
 
 def read_png_parameters(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -93,7 +63,7 @@ def generate_to_files(
 ) -> List[Path]:
     """Run ``pipe`` for every prompt record, ``num_images`` each with seeds ``seed``, ``seed + 1``, …; return the PNGs.
 
-    Records (see ``read_prompts``) may override ``negative_prompt`` and ``seed``.  Each PNG stores its
+    Records (see ``data.prompts.read_prompts``) may override ``negative_prompt`` and ``seed``.  Each PNG stores its
     own parameters (see ``read_png_parameters``); ``model`` is recorded as given.
     """
     paths = output_paths(out, [record["prompt"] for record in records for _ in range(num_images)])

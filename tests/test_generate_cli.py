@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffsynth_l2p.cli import main
-from diffsynth_l2p.generate import output_paths, read_png_parameters, read_prompts, save_png
+from diffsynth_l2p.generate import output_paths, read_png_parameters, save_png
 
 FAST = ["--steps", "2", "--height", "32", "--width", "48"]
 
@@ -74,7 +74,7 @@ def test_bad_prompts_file_exits_with_a_message(tiny_model_set, tmp_path, capsys)
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text('{"text": "no prompt key"}\n')
     assert main(["generate", "--prompts", str(prompts), *model_args(tiny_model_set)]) == 2
-    assert 'must be an object with a string "prompt"' in capsys.readouterr().err
+    assert "line 1: expected an object with a non-empty string 'prompt'" in capsys.readouterr().err
 
 
 def test_tiny_init_writes_a_loadable_set_and_refuses_to_overwrite(tmp_path, capsys):
@@ -84,12 +84,6 @@ def test_tiny_init_writes_a_loadable_set_and_refuses_to_overwrite(tmp_path, caps
     assert (target / "l2p-dit.safetensors").is_file() and (target / "tokenizer").is_dir()
     assert main(["tiny-init", str(target)]) == 2
     assert "not empty" in capsys.readouterr().err
-
-
-def test_read_prompts_txt_skips_blank_lines(tmp_path):
-    path = tmp_path / "p.txt"
-    path.write_text("a red circle\n\n  two blue squares  \n")
-    assert read_prompts(path) == [{"prompt": "a red circle"}, {"prompt": "two blue squares"}]
 
 
 def test_output_paths():

@@ -5,21 +5,20 @@ Records are dicts with at least ``prompt``; expanded records follow the paper's 
 (one prompt per line).
 """
 
-import contextlib
 import json
 import math
 import os
 import random
 import re
 import statistics
-import tempfile
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from .taxonomy import fill_template, llm_instruction, major_class, sub_class_table
 
 Record = Dict[str, Any]
@@ -28,24 +27,6 @@ SUB_KEY = "sub-class"
 JSONL_SUFFIXES = (".jsonl", ".json")
 DEFAULT_MIN_CHARS = 100
 DEFAULT_MAX_CHARS = 500
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
-    """A temporary file beside ``path``; on success it is flushed, fsynced and renamed to ``path``, else removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        text_options = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(handle, mode, **text_options) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
 
 
 def is_jsonl(path: str) -> bool:

@@ -24,7 +24,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .prompts import Record, atomic_open, read_prompts, record_category
+from ..atomic import atomic_open
+from .prompts import Record, read_prompts, record_category
 
 DEFAULT_PIPELINE_CLASS = "diffsynth.pipelines.z_image.ZImagePipeline"
 Z_IMAGE_TURBO_ID = "Tongyi-MAI/Z-Image-Turbo"
