@@ -8,6 +8,424 @@ from typing import List, Optional
 # Heavy imports (torch, diffsynth) happen inside the handlers so `l2p --help` stays fast.
 
 
+def _add_convert(sub) -> None:
+    parser = sub.add_parser(
+        "convert",
+        help="turn a latent Z-Image DiT checkpoint into an L2P pixel-space initialisation",
+        description=(
+            "Convert a latent Z-Image DiT (one file or several shards, e.g. Z-Image-Turbo's transformer/*.safetensors) "
+            "into an L2P pixel-space init. Tensors with the same key and shape are copied bit for bit, the latent "
+            "patch embedder and all_final_layer are dropped, and the pixel patch embedder and the local_decoder head "
+            "get a fresh init from --seed. The output is re-read and verified before it replaces OUTPUT_PATH."
+        ),
+    )
+    parser.add_argument(
+        "--latent_ckpt_files", nargs="+", required=True, metavar="FILE",
+        help="the latent DiT's safetensors file, or all of its shards",
+    )
+    parser.add_argument("--output_path", required=True, help="the pixel checkpoint to write")
+    parser.add_argument(
+        "--config", default=None, metavar="NAME",
+        help="named L2P config of the output (1k, tiny); default: the one whose sizes match the source",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed of the new tensors' init (default: 42)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="read headers only; print the plan and the hash the output will have, write nothing",
+    )
+    parser.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_latent_to_pixel
+
+    report = convert_latent_to_pixel(args.latent_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
+    print(report.summary())
+    return 0
+
+
+def _add_merge(sub) -> None:
+    parser = sub.add_parser(
+        "merge",
+        help="overwrite a full L2P checkpoint with a training checkpoint's tensors",
+        description=(
+            "Start from FILE_B (a full pixel checkpoint, e.g. the converted init) and overwrite every tensor that "
+            "FILE_A (e.g. step-N.safetensors, trainable tensors only) has with the same key and shape. Tensors whose "
+            "shapes differ are skipped with a warning; tensors absent from FILE_B are counted, not added. The output "
+            "is written atomically and never replaces an input; its hash and DiffSynth model are printed."
+        ),
+    )
+    parser.add_argument("--file_a", nargs="+", required=True, metavar="FILE", help="the tensors to apply (shards ok)")
+    parser.add_argument("--file_b", nargs="+", required=True, metavar="FILE", help="the full checkpoint (shards ok)")
+    parser.add_argument("--file_out", required=True, help="the merged checkpoint to write")
+    parser.set_defaults(func=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_checkpoints
+
+    print(merge_checkpoints(args.file_a, args.file_b, args.file_out).summary())
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    parser = sub.add_parser(
+        "inspect",
+        help="describe a checkpoint from its header: hash, DiffSynth model, parameters, dtypes, key diff",
+        description=(
+            "Describe one checkpoint without loading its weights (instant on a 20 GB file): its DiffSynth hash and "
+            "registered model (or 'unknown'), parameter count per top-level module, dtypes, and the missing, "
+            "unexpected and shape-mismatched keys against the closest known layout (the named L2P configs and the "
+            "stock latent Z-Image DiT). Several FILEs are read as the shards of one checkpoint."
+        ),
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="a safetensors file, or all shards of one checkpoint")
+    parser.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .inspection import inspect_checkpoint
+
+    print(inspect_checkpoint(args.files).format())
+    return 0
+
+
+def _add_generate(sub) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="generate PNG images from prompts with an L2P model (default: the tiny model set)",
+        description=(
+            "Generate images with ZImageL2PPipeline and write them as PNGs that carry their generation parameters "
+            "(JSON in the 'parameters' text chunk). Without --model, the default tiny model set is used (random "
+            "weights, built on first use under $L2P_HOME, default ~/.cache/diffsynth_l2p). Prints the written paths."
+        ),
+    )
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="the prompt")
+    prompts.add_argument(
+        "--prompts", metavar="FILE",
+        help='a .txt file (one prompt per line) or .jsonl file ({"prompt": ..., "negative_prompt": ..., "seed": ...})',
+    )
+    parser.add_argument(
+        "--model", nargs="+", default=None, metavar="PATH",
+        help="a model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, the text-encoder "
+        "shards and the tokenizer directory; default: the tiny model set",
+    )
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 disables it (2.0)")
+    parser.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
+    parser.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the first image; image i uses seed+i (42)")
+    parser.add_argument("--negative", default="", help="negative prompt (default: empty)")
+    parser.add_argument("--shift", type=float, default=None, help="scheduler sigma shift (default: by image size)")
+    parser.add_argument("--num-images", "--num_images", type=int, default=1, help="images per prompt (default: 1)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+        help="compute dtype (default: bfloat16 on cuda, float32 on cpu)",
+    )
+    parser.add_argument(
+        "--out", default="outputs",
+        help="a .png path for one image (numbered -000, -001, ... for several) or a directory (default: outputs)",
+    )
+    parser.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import torch
+
+    from .data.prompts import read_prompts
+    from .generate import generate_to_files
+    from .pipelines.loading import load_pipeline, native_size, resolve_model_files
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
+    files = resolve_model_files(args.model)
+    height, width = native_size(files["dit"])
+    # DiffSynth's loader reports on stdout; keep stdout for the written paths.
+    with contextlib.redirect_stdout(sys.stderr):
+        pipe = load_pipeline(files, device=device, torch_dtype=dtype)
+        paths = generate_to_files(
+            pipe, records, args.out,
+            height=args.height or height, width=args.width or width,
+            num_inference_steps=args.steps, cfg_scale=args.cfg, sigma_shift=args.shift,
+            negative_prompt=args.negative, seed=args.seed, num_images=args.num_images, model=files["dit"],
+        )
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _add_tiny_init(sub) -> None:
+    parser = sub.add_parser(
+        "tiny-init",
+        help="write a random tiny L2P model set (DiT, text encoder, tokenizer) into a new directory",
+        description=(
+            "Write the tiny L2P model set with seeded random weights: l2p-dit.safetensors, "
+            "text_encoder/model.safetensors and tokenizer/. It loads like the released files; its images are "
+            "textures, not pictures of the prompt (a stand-in until trained tiny weights ship)."
+        ),
+    )
+    parser.add_argument("dir", metavar="DIR", help="the directory to create (must not exist or be empty)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    parser.set_defaults(func=_run_tiny_init)
+
+
+def _run_tiny_init(args: argparse.Namespace) -> int:
+    from .tiny import build_tiny_l2p
+
+    files = build_tiny_l2p(args.dir, seed=args.seed)
+    print(f"dit: {files['dit']}")
+    print(f"text_encoder: {' '.join(files['text_encoder'])}")
+    print(f"tokenizer: {files['tokenizer']}")
+    return 0
+
+
+def _add_synthesize(sub) -> None:
+    parser = sub.add_parser(
+        "synthesize",
+        help="build the training corpus: images of a prompt list from the source latent model + metadata.csv",
+        description=(
+            "Generate one image per prompt with the source latent pipeline (default: DiffSynth's ZImagePipeline with "
+            "Z-Image-Turbo) into OUTPUT_DIR/images/NNNNNN.png and OUTPUT_DIR/metadata.csv (image,prompt,seed"
+            "[,category]); row i uses seed --seed + i, so every image can be regenerated bit-identically. Crash-safe "
+            "and resumable: rerun the same command to continue. --num_processes N (or accelerate launch / torchrun) "
+            "splits the rows over N workers, each writing OUTPUT_DIR/shards/rank-R.csv, merged at the end."
+        ),
+    )
+    parser.add_argument("--prompts", metavar="FILE", help=".txt (a prompt per line) or .jsonl (prompt, category)")
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="the corpus folder (created or resumed)")
+    parser.add_argument(
+        "--source_model", "--source-model", nargs="+", default=[], metavar="PATH",
+        help="a local Z-Image-Turbo folder, or model files/folders for --pipeline_class; default: Z-Image-Turbo from "
+        "the hub (downloaded by DiffSynth)",
+    )
+    parser.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder (default: from the model)")
+    parser.add_argument(
+        "--pipeline_class", "--pipeline-class", default=None, metavar="MODULE.CLASS",
+        help="DiffSynth latent pipeline class (default: diffsynth.pipelines.z_image.ZImagePipeline)",
+    )
+    parser.add_argument(
+        "--source_factory", "--source-factory", default=None, metavar="MODULE:FUNCTION",
+        help="a callable factory(source_model=[...], device=..., torch_dtype=...) returning the source pipeline",
+    )
+    parser.add_argument("--height", type=int, default=1024, help="image height (default: 1024)")
+    parser.add_argument("--width", type=int, default=1024, help="image width (default: 1024)")
+    parser.add_argument(
+        "--num_inference_steps", "--steps", type=int, default=8, help="denoising steps (default: 8, Z-Image-Turbo)"
+    )
+    parser.add_argument("--cfg_scale", "--cfg", type=float, default=1.0, help="CFG scale (default: 1.0, Turbo)")
+    parser.add_argument("--sigma_shift", "--shift", type=float, default=None, help="scheduler shift (pipeline's)")
+    parser.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; row i uses seed + i (default: 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16", help="model dtype (bfloat16)"
+    )
+    parser.add_argument("--num_processes", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument(
+        "--rank", type=int, default=None,
+        help="run only this worker's rows (i %% world_size == rank), e.g. one per machine; then --merge-only",
+    )
+    parser.add_argument("--world_size", "--world-size", type=int, default=None, help="number of workers with --rank")
+    parser.add_argument(
+        "--merge-only", "--merge_only", action="store_true",
+        help="only merge OUTPUT_DIR/shards/*.csv into OUTPUT_DIR/metadata.csv",
+    )
+    parser.set_defaults(func=_run_synthesize)
+
+
+def _run_synthesize(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from .data.synthesize import (
+        DEFAULT_PIPELINE_CLASS,
+        SourceSpec,
+        SynthesisJob,
+        SynthesisSettings,
+        launcher_rank,
+        merge_shards,
+        run_job,
+        run_job_distributed,
+        run_job_in_processes,
+    )
+
+    if args.merge_only:
+        print(f"metadata.csv: {merge_shards(args.output_dir)} rows")
+        return 0
+    if not args.prompts:
+        raise ValueError("--prompts is required (unless --merge-only)")
+    if args.source_factory and args.pipeline_class:
+        raise ValueError("give either --source_factory or --pipeline_class, not both")
+    if (args.rank is None) != (args.world_size is None):
+        raise ValueError("--rank and --world_size go together")
+    if args.rank is not None and args.num_processes != 1:
+        raise ValueError("--rank runs one worker; drop --num_processes (or drop --rank to let it start them)")
+    import torch
+
+    source = SourceSpec(
+        source_model=tuple(args.source_model),
+        pipeline_class=args.pipeline_class or DEFAULT_PIPELINE_CLASS,
+        factory=args.source_factory,
+        tokenizer=args.tokenizer,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        torch_dtype=args.dtype,
+    )
+    settings = SynthesisSettings(
+        height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
+        cfg_scale=args.cfg_scale, sigma_shift=args.sigma_shift, negative_prompt=args.negative_prompt,
+        base_seed=args.seed,
+    )
+    job = SynthesisJob(args.prompts, args.output_dir, source, settings)
+    # DiffSynth's loader reports on stdout; keep stdout for the summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.rank is not None:
+            summary = run_job(job, args.rank, args.world_size)
+            note = f"when all {args.world_size} workers are done: l2p synthesize --merge-only --output_dir DIR"
+        elif launcher_rank():  # torchrun / accelerate launch
+            rank, world_size, local_rank = launcher_rank()
+            summary = run_job_distributed(job, rank, world_size, local_rank)
+            note = f"rank {rank} of {world_size}" + (f"; wrote {args.output_dir}/metadata.csv" if rank == 0 else "")
+        else:
+            summary = run_job_in_processes(job, args.num_processes)
+            note = f"metadata.csv written to {args.output_dir}"
+    print(summary)
+    print(note)
+    return 1 if summary.failed else 0
+
+
+def _add_prompts(sub) -> None:
+    parser = sub.add_parser(
+        "prompts",
+        help="prompt lists for synthesize: expand the taxonomy, filter, stats",
+        description=(
+            "expand: write prompts for the paper's taxonomy (4 classes, 17 sub-classes) from built-in templates, or "
+            "with a local transformers causal LM (--llm PATH) and per-class rules; records {id, major-class, "
+            "sub-class, prompt}. filter: keep well-formed, de-duplicated prompts in a length window. stats: counts "
+            "per category and a length histogram PNG."
+        ),
+    )
+    verbs = parser.add_subparsers(dest="prompts_command", metavar="ACTION")
+    verbs.required = True
+
+    expand = verbs.add_parser("expand", help="write prompts for every sub-class (templates or a local LLM)")
+    expand.add_argument("--out", required=True, help="output .jsonl (full records) or .txt (prompts only)")
+    expand.add_argument("--per_sub_class", "--per-sub-class", type=int, default=20, help="prompts per sub-class (20)")
+    expand.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    expand.add_argument("--llm", default=None, metavar="DIR", help="local causal LM folder (default: templates)")
+    expand.add_argument("--device", default="cpu", help="LLM device (default: cpu)")
+    expand.add_argument("--max_new_tokens", type=int, default=160, help="LLM reply length limit in tokens (160)")
+    expand.add_argument("--temperature", type=float, default=0.8, help="LLM sampling temperature (0.8)")
+    expand.add_argument("--batch_size", type=int, default=8, help="LLM requests per batch (8)")
+    expand.set_defaults(func=_run_prompts_expand)
+
+    filter_ = verbs.add_parser("filter", help="length window, format checks, normalized de-duplication")
+    filter_.add_argument("input", metavar="FILE", help="prompt file (.jsonl or .txt)")
+    filter_.add_argument("--out", required=True, help="output .jsonl or .txt")
+    filter_.add_argument("--min_chars", "--min-chars", type=int, default=100, help="shortest prompt kept (100)")
+    filter_.add_argument("--max_chars", "--max-chars", type=int, default=500, help="longest prompt kept (500)")
+    filter_.set_defaults(func=_run_prompts_filter)
+
+    stats = verbs.add_parser("stats", help="counts per category, length statistics and a histogram PNG")
+    stats.add_argument("input", metavar="FILE", help="prompt file (.jsonl or .txt)")
+    stats.add_argument("--histogram", default=None, metavar="PNG", help="write the length histogram here")
+    stats.add_argument("--bins", type=int, default=20, help="histogram bins (default: 20)")
+    stats.set_defaults(func=_run_prompts_stats)
+
+
+def _run_prompts_expand(args: argparse.Namespace) -> int:
+    from .data.prompts import expand_from_templates, expand_with_llm, write_prompts
+
+    if args.llm:
+        records = expand_with_llm(
+            args.llm, args.per_sub_class, seed=args.seed, device=args.device, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, batch_size=args.batch_size,
+        )
+    else:
+        records = expand_from_templates(args.per_sub_class, seed=args.seed)
+    write_prompts(records, args.out)
+    print(f"{len(records)} prompts -> {args.out}")
+    return 0
+
+
+def _run_prompts_filter(args: argparse.Namespace) -> int:
+    from .data.prompts import filter_prompts, read_prompts, write_prompts
+
+    records = read_prompts(args.input)
+    result = filter_prompts(records, args.min_chars, args.max_chars)
+    write_prompts(result.kept, args.out)
+    print(f"kept {len(result.kept)} of {len(records)} prompts -> {args.out}")
+    for reason, count in result.rejected.most_common():
+        print(f"  rejected {count}: {reason}")
+    return 0
+
+
+def _run_prompts_stats(args: argparse.Namespace) -> int:
+    from .data.prompts import draw_length_histogram, prompt_stats, read_prompts
+
+    records = read_prompts(args.input)
+    stats = prompt_stats(records)
+    length = stats["length"]
+    print(f"{stats['prompts']} prompts; length min {length['min']}, median {length['median']}, "
+          f"mean {length['mean']}, max {length['max']} characters")
+    for title in ("major_classes", "categories"):
+        print(title.replace("_", " ") + ":")
+        for name, count in stats[title].items():
+            print(f"  {count:6d}  {name}")
+    if args.histogram:
+        draw_length_histogram([len(record["prompt"]) for record in records], args.histogram, args.bins)
+        print(f"histogram -> {args.histogram}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    from .demo.server import add_demo_arguments
+
+    parser = sub.add_parser(
+        "demo",
+        help="serve the Gradio demo (same as python app.py): http://127.0.0.1:23231 by default",
+        description=(
+            "Serve the Gradio demo on a pool of workers, one pipeline each: every GPU (least used first) or the CPU, "
+            "--workers-per-device per device. A request runs on an idle worker or waits in a bounded FIFO queue. "
+            "Binds 127.0.0.1:23231 by default; --host 0.0.0.0 exposes it, --share opens a public link."
+        ),
+    )
+    add_demo_arguments(parser)
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo.server import run
+
+    return run(args)
+
+
+def _add_train(sub) -> None:
+    from .training.arguments import add_train_arguments
+
+    parser = sub.add_parser(
+        "train",
+        help="train an L2P DiT's shallow layers (or LoRA) on images + metadata.csv; --dry-run for memory",
+        description=(
+            "Train with accelerate (run it under `accelerate launch` for several processes / DeepSpeed). The preset "
+            "says what is trained; checkpoints step-N.safetensors hold only those tensors (merge them into the pixel "
+            "init with `l2p merge` / merge_weights.py); --resume latest continues an interrupted run exactly."
+        ),
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.arguments import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2p",
@@ -15,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_generate(sub)
+    _add_tiny_init(sub)
+    _add_convert(sub)
+    _add_merge(sub)
+    _add_inspect(sub)
+    _add_synthesize(sub)
+    _add_prompts(sub)
+    _add_demo(sub)
+    _add_train(sub)
     return parser
 
 

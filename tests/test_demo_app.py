@@ -1,0 +1,76 @@
+"""The entry points: ``python app.py`` and ``l2p demo`` options, configuration errors, and a real default start."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diffsynth_l2p.cli import build_parser as build_cli_parser
+from diffsynth_l2p.demo.server import build_parser, main, parse_auth
+from diffsynth_l2p.generate import read_png_parameters
+from tests.demo_helpers import TIMEOUT, loopback_only, pixels, submit_generate
+
+gradio_client = pytest.importorskip("gradio_client")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _loopback():
+    with loopback_only():
+        yield
+
+
+def test_defaults_bind_loopback_on_23231_without_share_or_auth():
+    for args in (build_parser().parse_args([]), build_cli_parser().parse_args(["demo"])):
+        assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 23231, False, None)
+        assert (args.model, args.devices, args.workers_per_device, args.dtype) == (None, "auto", 1, "auto")
+        assert (args.max_size, args.min_size, args.max_queue) == (1024, None, 16)
+
+
+def test_auth_parsing():
+    assert parse_auth(None) is None
+    assert parse_auth("ann:se:cret") == ("ann", "se:cret")
+    for bad in ("ann", "ann:", ":pw"):
+        with pytest.raises(ValueError, match="USER:PASSWORD"):
+            parse_auth(bad)
+
+
+def test_configuration_errors_exit_2_before_loading(capsys):
+    for argv, message in (
+        (["--devices", "gpu7"], "'gpu7' is not a device"),
+        (["--min-size", "512", "--max-size", "256"], "--min-size 512 must be positive and at most --max-size 256"),
+        (["--auth", "nopassword"], "--auth must be USER:PASSWORD"),
+        (["--model", "/nonexistent/model"], "Model paths not found: /nonexistent/model"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_app_py_without_arguments_serves_the_tiny_model_on_127_0_0_1_23231(tmp_path):
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 23231)) == 0:
+            pytest.skip("port 23231 is already in use on this machine")
+    env = {**os.environ, "L2P_HOME": str(tmp_path / "home"), "DIFFSYNTH_SKIP_DOWNLOAD": "True", "HF_HUB_OFFLINE": "1"}
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "serving on http://127.0.0.1:23231/" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        result = submit_generate(gradio_client.Client("http://127.0.0.1:23231/", verbose=False), seed=5).result(TIMEOUT)
+        assert pixels(result).shape == (64, 64, 3)
+        assert "tiny (default)" in read_png_parameters(result[2][0])["model"]
+    finally:
+        process.terminate()
+        exit_code = process.wait(timeout=60)
+    assert exit_code == 0 and "demo stopped" in log.read_text(), log.read_text()
