@@ -105,3 +105,44 @@ def merge_checkpoints(file_a: PathOrPaths, file_b: PathOrPaths, file_out: Union[
         write_safetensors(temp_path, plan.output_layout, lambda key: (a if key in chosen else b)[key], desc="Merging")
     output_hash = hash_checkpoint(output)
     return MergeReport(output, plan, output_hash, tuple(find_registered(output_hash)))
+
+
+def is_lora_checkpoint(header: Layout) -> bool:
+    """True when a checkpoint holds LoRA pairs (``*.lora_A.*`` / ``*.lora_B.*`` keys, DiffSynth's training format)."""
+    return any(".lora_B." in key or ".lora_up." in key for key in header)
+
+
+def fuse_lora(lora_file: PathOrPaths, base_file: PathOrPaths, file_out: Union[str, os.PathLike]) -> MergeReport:
+    """Fuse a LoRA checkpoint into a full L2P checkpoint: W += B @ A per adapted linear (DiffSynth's
+    ``GeneralLoRALoader`` reads the pairs), and the full-rank tensors it carries (``lora:R`` trains the new parts
+    at full rank) overwrite B's as in ``merge_checkpoints``. The output keeps B's layout, dtypes and hash."""
+    import dataclasses
+
+    import torch
+    from diffsynth.utils.lora import GeneralLoRALoader
+
+    inputs = as_path_list(lora_file) + as_path_list(base_file)
+    output = check_output_path(file_out, inputs)
+    header_lora, header_base = read_headers(lora_file), read_headers(base_file)
+    _require_not_latent(base_file, header_base, "base_file")
+    lora, base = SafetensorsCheckpoint(lora_file), SafetensorsCheckpoint(base_file)
+    pairs = GeneralLoRALoader().convert_state_dict({key: lora[key] for key in header_lora if ".lora_" in key})
+    targets = {key[: -len(".lora_B.weight")] + ".weight" for key in pairs if key.endswith(".lora_B.weight")}
+    missing = sorted(key for key in targets if key not in header_base)
+    if not targets or missing:
+        raise ValueError(f"The LoRA in {lora_file} does not fit {base_file}: no base weight for {missing[:3]}.")
+    plan = plan_merge({k: v for k, v in header_lora.items() if ".lora_" not in k}, header_base)
+    chosen = set(plan.overwritten)
+
+    def fetch(key: str) -> torch.Tensor:
+        if key in targets:
+            prefix = key[: -len(".weight")]
+            delta = pairs[f"{prefix}.lora_B.weight"].float() @ pairs[f"{prefix}.lora_A.weight"].float()
+            return (base[key].float() + delta).to(base[key].dtype)
+        return (lora if key in chosen else base)[key]
+
+    with atomic_output(output, inputs) as temp_path:
+        write_safetensors(temp_path, plan.output_layout, fetch, desc="Fusing LoRA")
+    plan = dataclasses.replace(plan, overwritten=plan.overwritten + tuple(sorted(targets)))
+    output_hash = hash_checkpoint(output)
+    return MergeReport(output, plan, output_hash, tuple(find_registered(output_hash)))

@@ -1,0 +1,110 @@
+"""Options of ``l2p train`` and ``examples/z_image/train_L2P.py``; light imports, so ``l2p --help`` stays fast."""
+
+import argparse
+import json
+from typing import List, Optional, Union
+
+from .presets import PRESET_HELP
+
+LOG_FORMATS = ("csv", "tensorboard")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the training options (DiffSynth's spellings where they exist) to ``parser``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_base_path", "--dataset", dest="dataset", help="folder with images + metadata.csv")
+    data.add_argument("--max_pixels", type=int, default=1024 * 1024, help="resize images to at most this many pixels")
+    data.add_argument("--dataset_num_workers", dest="num_workers", type=int, default=0, help="DataLoader workers")
+    data.add_argument(
+        "--cache_text_embeddings",
+        action="store_true",
+        help="encode every caption once, then free the text encoder (low-VRAM)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, text-encoder shards "
+        "and tokenizer directory, as for `l2p generate`; default: the tiny model set",
+    )
+    model.add_argument("--model_paths", default=None, help="DiffSynth spelling: a JSON list of the same paths")
+    model.add_argument(
+        "--preset",
+        default=None,
+        help="what to train (default: release): " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
+    )
+    model.add_argument(
+        "--trainable",
+        default=None,
+        metavar="PATTERNS",
+        help="comma-separated dotted names/prefixes relative to the DiT, '*' allowed (instead of --preset)",
+    )
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--learning_rate", type=float, default=5e-5)
+    optim.add_argument("--weight_decay", type=float, default=0.01)
+    optim.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: one epoch)")
+    optim.add_argument("--batch_size", type=int, default=1, help="images per micro-batch and process (same size)")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--noise", choices=("seed", "fresh"), default="seed", help="per-image seeded or fresh noise")
+    optim.add_argument("--shift", type=float, default=3.0, help="training schedule shift (release: 3)")
+    optim.add_argument("--num_timesteps", type=int, default=500, help="training schedule length (release: 500)")
+    optim.add_argument("--seed", type=int, default=0, help="seed of data order, timesteps and fresh noise")
+    optim.add_argument(
+        "--no_gradient_checkpointing",
+        dest="use_gradient_checkpointing",
+        action="store_false",
+        help="keep activations instead of recomputing them (faster, more memory)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_path", default="./models/train", help="checkpoints, state and logs go here")
+    out.add_argument("--save_steps", type=int, default=5000, help="checkpoint every N steps and at the end")
+    out.add_argument("--remove_prefix_in_ckpt", dest="remove_prefix", default="pipe.dit.")
+    out.add_argument("--resume", default=None, metavar="STATE", help="'latest' or an OUTPUT/state/step-N folder")
+    out.add_argument("--log", choices=LOG_FORMATS, default=None, help="also log the loss as csv or tensorboard")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="print parameter counts and training memory of the preset at --config on the meta device, then exit",
+    )
+    parser.add_argument("--config", default="1k", help="named L2P config for --dry-run (default: 1k, the 6B model)")
+
+
+def _model_paths(args: argparse.Namespace) -> Optional[Union[str, List[str]]]:
+    """``--model`` / ``--model_paths`` as ``resolve_model_files`` takes them (a directory, or a list of paths)."""
+    if args.model_paths:
+        paths = [p for entry in json.loads(args.model_paths) for p in ([entry] if isinstance(entry, str) else entry)]
+    else:
+        paths = args.model
+    return paths[0] if paths and len(paths) == 1 else paths
+
+
+def config_from_args(args: argparse.Namespace):
+    """A ``TrainConfig`` from parsed ``add_train_arguments`` options."""
+    from dataclasses import fields
+
+    from .trainer import TrainConfig
+
+    if not args.dataset:
+        raise ValueError("Pass the training data folder with --dataset_base_path (images + metadata.csv).")
+    names = {f.name for f in fields(TrainConfig)}
+    values = {key: value for key, value in vars(args).items() if key in names}
+    values["model"] = _model_paths(args)
+    values["trainable"] = [p for p in args.trainable.split(",") if p.strip()] if args.trainable else None
+    return TrainConfig(**values)
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    """``--dry-run`` table or a full training run from parsed options."""
+    if args.dry_run:
+        from .memory import dry_run
+
+        trainable = [p for p in args.trainable.split(",") if p.strip()] if args.trainable else None
+        print(dry_run(args.config, args.preset, trainable))
+        return {}
+    from .trainer import train
+
+    return train(config_from_args(args))

@@ -1,0 +1,140 @@
+"""The L2P training module: DiffSynth's ``DiffusionTrainingModule`` around a ``ZImageL2PPipeline``.
+
+Loss: DiffSynth's flow-matching SFT loss (``FlowMatchSFTLoss``: x_t = (1-σ)·x0 + σ·ε, target ε - x0, MSE times the
+scheduler's training weight), with the noise and timestep drawn per image instead of from the global RNG, so that
+noise can be seeded by each image's ``seed`` (the release: the source model's own noise for that image) and a run is
+exactly reproducible. Timesteps are uniform over the training schedule (500 steps, shift 3 in the release).
+"""
+
+import hashlib
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from diffsynth.diffusion.training_module import DiffusionTrainingModule
+from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ..pipelines.z_image_l2p import ZImageL2PPipeline
+from ..safetensors_io import atomic_output
+from .presets import TrainableSet
+
+NOISE_MODES = ("seed", "fresh")
+
+
+def prompt_key(prompt: str) -> str:
+    """Key of a caption in the text-embedding cache."""
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
+
+
+@torch.no_grad()
+def encode_prompts(pipe: ZImageL2PPipeline, prompts: Sequence[str]) -> List[torch.Tensor]:
+    """Caption features ``[L_i, cap_feat_dim]`` per prompt, through DiffSynth's Z-Image prompt unit."""
+    return ZImageUnit_PromptEmbedder().encode_prompt(pipe, list(prompts), device=pipe.device)
+
+
+def cache_text_embeddings(
+    pipe: ZImageL2PPipeline, prompts: Sequence[str], path: str, encoder_id: str, batch_size: int = 16
+) -> None:
+    """Encode every distinct caption once into ``path`` (safetensors, one tensor per caption); reuse a valid file."""
+    unique = sorted(set(prompts))
+    if os.path.isfile(path):
+        with safe_open(path, framework="pt") as cache:
+            if (cache.metadata() or {}).get("text_encoder") == encoder_id and {prompt_key(p) for p in unique} <= set(
+                cache.keys()
+            ):
+                return
+    embeddings: Dict[str, torch.Tensor] = {}
+    for start in tqdm(range(0, len(unique), batch_size), desc="Encoding captions", unit="batch"):
+        chunk = unique[start : start + batch_size]
+        for prompt, embedding in zip(chunk, encode_prompts(pipe, chunk), strict=True):
+            embeddings[prompt_key(prompt)] = embedding.detach().cpu().contiguous()
+    with atomic_output(path) as temp_path:
+        save_file(embeddings, temp_path, metadata={"text_encoder": encoder_id})
+
+
+class L2PTrainingModule(DiffusionTrainingModule):
+    """Freezes ``pipe.dit`` to a trainable set (LoRA-injected if asked) and returns the loss of a batch."""
+
+    def __init__(
+        self,
+        pipe: ZImageL2PPipeline,
+        trainable: TrainableSet,
+        noise: str = "seed",
+        shift: float = 3.0,
+        num_timesteps: int = 500,
+        use_gradient_checkpointing: bool = True,
+        text_embedding_cache: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if noise not in NOISE_MODES:
+            raise ValueError(f"Unknown noise mode {noise!r}; use 'seed' (per-image seed, the release) or 'fresh'.")
+        self.pipe = pipe
+        self.noise = noise
+        self.use_gradient_checkpointing = use_gradient_checkpointing
+        self.text_embedding_cache = text_embedding_cache
+        self.trainable = trainable
+        pipe.scheduler.set_timesteps(num_timesteps, training=True, shift=shift)
+        self.apply_trainable(trainable)
+
+    def apply_trainable(self, trainable: TrainableSet) -> None:
+        """Freeze everything, inject LoRA if the set has it, then enable exactly the set's parameters."""
+        self.pipe.eval()
+        self.pipe.requires_grad_(False)
+        if trainable.is_lora:
+            self.pipe.dit = self.add_lora_to_model(
+                self.pipe.dit,
+                target_modules=list(trainable.lora_modules),
+                lora_rank=trainable.lora_rank,
+                upcast_dtype=self.pipe.torch_dtype,
+            )
+        # peft freezes every non-LoRA weight of the model it patches: the full-rank parts are re-enabled here.
+        expected = trainable.parameter_names()
+        for name, param in self.pipe.dit.named_parameters():
+            param.requires_grad_(name in expected)
+        enabled = {name for name, param in self.pipe.dit.named_parameters() if param.requires_grad}
+        if enabled != expected:
+            raise RuntimeError(f"Trainable parameters differ from preset {trainable.spec!r}: {enabled ^ expected}")
+        self.pipe.dit.train()
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> List[torch.Tensor]:
+        if self.text_embedding_cache is None:
+            return encode_prompts(self.pipe, prompts)
+        with safe_open(self.text_embedding_cache, framework="pt", device=str(self.pipe.device)) as cache:
+            return [cache.get_tensor(prompt_key(prompt)) for prompt in prompts]
+
+    def _seeded_noise(self, shape: Sequence[int], seed: int) -> torch.Tensor:
+        dtype = self.pipe.torch_dtype
+        return self.pipe.generate_noise(shape, seed=int(seed), rand_device="cpu", rand_torch_dtype=dtype)
+
+    def draw_noise(self, images: torch.Tensor, seeds: Sequence[Optional[int]], generator: torch.Generator):
+        """Per-image noise: from the image's seed (as the pipeline draws it for that seed) or from ``generator``."""
+        shape = (1, *images.shape[1:])
+        if self.noise == "seed":
+            noise = [self._seeded_noise(shape, seed) for seed in seeds]
+        else:
+            noise = [torch.randn(shape, generator=generator).to(self.pipe.device, self.pipe.torch_dtype) for _ in seeds]
+        return torch.cat(noise)
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Flow-matching loss of ``batch`` (``image`` [B,3,H,W] in [-1,1], ``prompt``, ``seed``)."""
+        scheduler = self.pipe.scheduler
+        x0 = batch["image"].to(self.pipe.device, self.pipe.torch_dtype)
+        # Draw order as in FlowMatchSFTLoss (timestep, then noise): at batch 1 with fresh noise the two agree.
+        timestep_ids = torch.randint(len(scheduler.timesteps), (len(x0),), generator=generator)
+        noise = self.draw_noise(x0, batch["seed"], generator)
+        timesteps = scheduler.timesteps[timestep_ids]
+        latents = torch.cat([scheduler.add_noise(x0[i : i + 1], noise[i : i + 1], t) for i, t in enumerate(timesteps)])
+        prediction = self.pipe.model_fn(
+            dit=self.pipe.dit,
+            latents=latents,
+            timestep=timesteps.to(self.pipe.device, self.pipe.torch_dtype),
+            prompt_embeds=self.prompt_embeddings(batch["prompt"]),
+            use_gradient_checkpointing=self.use_gradient_checkpointing,
+        )
+        target = scheduler.training_target(x0, noise, timesteps)
+        per_image = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean((1, 2, 3))
+        weights = torch.stack([scheduler.training_weight(t) for t in timesteps]).to(per_image.device)
+        return (per_image * weights).mean()
