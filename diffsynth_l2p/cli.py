@@ -62,9 +62,12 @@ def _add_merge(sub) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_checkpoints
+    from .merge import fuse_lora, is_lora_checkpoint, merge_checkpoints
+    from .safetensors_io import read_headers
 
-    print(merge_checkpoints(args.file_a, args.file_b, args.file_out).summary())
+    # A LoRA checkpoint (`--preset lora:R`, recognised by its lora_A/lora_B keys) is fused instead: W += B @ A.
+    merge = fuse_lora if is_lora_checkpoint(read_headers(args.file_a)) else merge_checkpoints
+    print(merge(args.file_a, args.file_b, args.file_out).summary())
     return 0
 
 

@@ -1,8 +1,10 @@
 """Merging training checkpoints into the pixel init: a subset checkpoint (overwrite) and a LoRA checkpoint (fuse)."""
 
-import importlib.util
 import os
+import runpy
+import sys
 
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -13,13 +15,13 @@ from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME
 from tests.training_helpers import run, write_shapes
 
 
-def merge_weights_script():
-    """The top-level ``merge_weights.py`` (the release's entry point) as a module."""
+def run_merge_weights(monkeypatch, *args: str) -> int:
+    """Run the top-level ``merge_weights.py`` (the release's entry point) as ``python merge_weights.py ARGS``."""
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "merge_weights.py")
-    spec = importlib.util.spec_from_file_location("merge_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.setattr(sys, "argv", [path, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(path, run_name="__main__")
+    return exit_info.value.code
 
 
 def generate(files: dict) -> Image.Image:
@@ -49,16 +51,12 @@ def test_merge_subset_checkpoint_loads_and_runs(tmp_path, tiny_model_set):
     assert isinstance(image, Image.Image) and image.size == (64, 64)
 
 
-def test_fuse_lora_checkpoint_matches_diffsynth_load_lora(tmp_path, tiny_model_set):
+def test_fuse_lora_checkpoint_matches_diffsynth_load_lora(tmp_path, tiny_model_set, monkeypatch):
     write_shapes(tmp_path / "data", 4, seed=4)
     summary = run(tmp_path / "run", str(tmp_path / "data"), tiny_model_set, preset="lora:4", learning_rate=1e-2)
     lora_file, fused = summary["checkpoint"], str(tmp_path / "fused.safetensors")
-    assert (
-        merge_weights_script().merge_or_fuse(
-            ["--file_a", lora_file, "--file_b", tiny_model_set["dit"], "--file_out", fused]
-        )
-        == 0
-    )
+    args = ("--file_a", lora_file, "--file_b", tiny_model_set["dit"], "--file_out", fused)
+    assert run_merge_weights(monkeypatch, *args) == 0
 
     # Reference: DiffSynth reads the LoRA file itself (pipe.load_lora fuses it) plus the full-rank new parts.
     reference = load_pipeline(tiny_model_set)
