@@ -12,7 +12,6 @@ Any L2P model set works, e.g. the tiny one from `l2p tiny-init DIR` (use --heigh
 import argparse
 
 import torch
-
 from diffsynth.pipelines.z_image_L2P import ModelConfig, ZImagePipeline
 
 
