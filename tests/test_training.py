@@ -168,11 +168,12 @@ def test_200_steps_reduce_held_out_loss(tmp_path, tiny_model_set):
 
 @pytest.mark.slow
 def test_two_processes_train_in_lockstep(tmp_path, tiny_model_set):
-    """Two gloo ranks on the CPU (`accelerate launch --cpu` runs one process without MPI; torch's launcher with
-    ACCELERATE_USE_CPU is the CPU equivalent of `accelerate launch --num_processes 2`)."""
+    """Two gloo ranks on the CPU through `accelerate launch` (its `--cpu` flag alone starts one process without MPI;
+    `--multi_gpu` with ACCELERATE_USE_CPU starts torch's launcher with CPU ranks)."""
     write_shapes(tmp_path / "data", 8, seed=5)
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "z_image", "train_L2P.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
     command += [script, "--dataset_base_path", str(tmp_path / "data"), "--output_path", str(tmp_path / "out")]
     command += ["--model", tiny_model_set["dit"], *tiny_model_set["text_encoder"], tiny_model_set["tokenizer"]]
     command += ["--preset", "shallow:1", "--max_steps", "3", "--save_steps", "3", "--learning_rate", "1e-3"]
