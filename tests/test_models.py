@@ -117,6 +117,25 @@ def test_time_embedding_matches_stock_in_bf16(small_dit):
     assert torch.equal(stock, ours)
 
 
+def test_time_embedder_sees_t_scale_times_one_minus_sigma(small_dit):
+    """The scheduler's sigma*1000 reaches the embedder as t_scale*(1 - sigma): 1000 - timestep at the stock 1000."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 3, 32, 32, generator=generator)
+    cap = [torch.randn(4, 32, generator=generator)]
+    rescaled = ZImageL2PDiT(**{**SMALL, "t_scale": 1.0})
+    rescaled.load_state_dict(small_dit.state_dict())
+    seen = {}
+    for name, model in (("stock", small_dit), ("rescaled", rescaled)):
+        handle = model.t_embedder.mlp.register_forward_pre_hook(lambda _, args, n=name: seen.setdefault(n, args[0]))
+        with torch.no_grad():
+            model.forward_features(x, torch.tensor([250.0]), cap)
+        handle.remove()
+    expected = {name: TimestepEmbedder.timestep_embedding(torch.tensor([t]), 256) for name, t in
+                (("stock", 750.0), ("rescaled", 0.75))}
+    for name in seen:
+        torch.testing.assert_close(seen[name], expected[name])
+
+
 def test_batch_equals_single_calls_with_different_caption_lengths(small_dit):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(3, 3, 112, 112, generator=generator)  # 7x7 = 49 tokens, not a multiple of 32

@@ -210,6 +210,7 @@ def test_non_image_input_image_names_the_fix(pipe):
         (dict(height=0), ValueError, "height must be a positive integer"),
         (dict(width=64.0), ValueError, "width must be a positive integer"),
         (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),
+        (dict(denoising_strength=0.5), ValueError, "only applies to img2img: pass input_image"),
         (dict(negative_prompt=None), TypeError, "negative_prompt must be a string"),
     ],
 )

@@ -410,3 +410,25 @@ def test_source_model_configs_for_a_z_image_turbo_folder(tmp_path):
     assert default_tokenizer.model_id == "Tongyi-MAI/Z-Image-Turbo"
     with pytest.raises(FileNotFoundError, match="Source model path not found"):
         source_model_configs([str(tmp_path / "missing.safetensors")])
+
+
+def test_a_failing_row_is_reported_and_a_broken_source_stops_the_run(tmp_path, source_pipe, monkeypatch):
+    from diffsynth_l2p.data.synthesize import SourcePipelineError, synthesize
+
+    settings = SynthesisSettings(height=SIZE, width=SIZE, num_inference_steps=STEPS)
+    original = type(source_pipe).__call__
+
+    def fails_on_second_prompt(self, prompt, **kwargs):
+        if prompt == PROMPTS[1]:
+            raise ValueError("this prompt cannot be encoded")
+        return original(self, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(type(source_pipe), "__call__", fails_on_second_prompt)
+    summary = synthesize(source_pipe, [{"prompt": p} for p in PROMPTS[:3]], str(tmp_path / "a"), settings)
+    assert summary.written == 2 and list(summary.failed) == [1]
+    assert "cannot be encoded" in summary.failed[1]
+
+    monkeypatch.setattr(type(source_pipe), "__call__", lambda self, **kwargs: "not an image")
+    with pytest.raises(SourcePipelineError, match="not a PIL image"):
+        synthesize(source_pipe, [{"prompt": p} for p in PROMPTS[:3]], str(tmp_path / "b"), settings)
+    assert not os.path.exists(tmp_path / "b" / "images" / "000000.png")

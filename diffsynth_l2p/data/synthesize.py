@@ -20,6 +20,7 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
@@ -442,13 +443,17 @@ class SynthesisSummary:
         return "\n".join(lines)
 
 
+class SourcePipelineError(ValueError):
+    """The source pipeline cannot make corpus images at all: a setup problem that stops the run, not a bad row."""
+
+
 def generate_image(pipe: Any, prompt: str, seed: int, settings: SynthesisSettings) -> Any:
     """One image of the source pipeline; also how to regenerate any corpus image from its row."""
     from PIL import Image
 
     image = pipe(**settings.call_kwargs(pipe, prompt, seed))
     if not isinstance(image, Image.Image):
-        raise ValueError(
+        raise SourcePipelineError(
             f"{type(pipe).__name__} returned {type(image).__name__}, not a PIL image; `l2p synthesize` needs a "
             "latent image pipeline that decodes to one image per call."
         )
@@ -465,6 +470,7 @@ def synthesize(
 ) -> SynthesisSummary:
     """Generate this worker's unfinished rows into ``output_dir`` (resumable); rows that raise are reported."""
     check_latent_pipeline(pipe)
+    settings.call_kwargs(pipe, "", settings.base_seed)  # unsupported settings fail here, not on every row
     planned = plan_rows(records, settings.base_seed)
     prepare_output_dir(output_dir)
     record_settings(output_dir, settings, len(planned))
@@ -484,7 +490,7 @@ def synthesize(
         for row in todo:
             try:
                 image = generate_image(pipe, row.prompt, row.seed, settings)
-            except ValueError:
+            except SourcePipelineError:
                 raise
             except Exception as error:  # one bad row must not stop hours of synthesis; it is reported
                 summary.failed[row.index] = f"{type(error).__name__}: {error}"
@@ -552,7 +558,9 @@ def run_job_distributed(job: SynthesisJob, rank: int, world_size: int, local_ran
 
     if job.source.device == "cuda":
         job = replace(job, source=replace(job.source, device=f"cuda:{local_rank}"))
-    dist.init_process_group("gloo")  # only for the barrier; the workers share nothing else
+    # Only for the final barrier; the workers share nothing else. On a resume ranks may have very different amounts
+    # of work left, so the first to finish may wait for hours: no 30-minute default timeout.
+    dist.init_process_group("gloo", timeout=timedelta(days=7))
     try:
         summary = run_job(job, rank, world_size)
         dist.barrier()

@@ -129,8 +129,9 @@ class ZImageL2PDiT(ZImageDiT):
             use_gradient_checkpointing_offload=use_gradient_checkpointing_offload,
         )
         device = x.device
-        # The DiT's clock runs the other way: scheduler sigma*1000 -> 1000*(1 - sigma).
-        adaln_input = self.embed_timestep(1000 - timestep.to(device).reshape(batch), x.dtype)
+        # The DiT's clock runs the other way: scheduler sigma*1000 -> t_scale*(1 - sigma) (1000 - timestep at 1000).
+        sigma_scaled = timestep.to(device).reshape(batch) * (self.t_scale / 1000)
+        adaln_input = self.embed_timestep(self.t_scale - sigma_scaled, x.dtype)
 
         # Per-sample patchify; each sequence is padded to a multiple of 32 with the learned pad tokens.
         image_tokens, caption_tokens, meta = self.patchify_and_embed(

@@ -133,7 +133,9 @@ class ZImageL2PPipeline(BasePipeline):
                 "load the tokenizer that belongs to this text encoder."
             )
 
-    def check_resize_height_width(self, height: int, width: int, num_frames: Optional[int] = None, verbose: int = 1):
+    def check_resize_height_width(
+        self, height: int, width: int, num_frames: Optional[int] = None, verbose: int = 1
+    ) -> Tuple[int, ...]:
         """DiffSynth's rounding up to a multiple of the patch size, reported as a ``UserWarning``."""
         rounded = super().check_resize_height_width(height, width, num_frames, verbose=0)
         if verbose > 0 and tuple(rounded[:2]) != (height, width):
@@ -174,6 +176,11 @@ class ZImageL2PPipeline(BasePipeline):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not 0 < denoising_strength <= 1:
             raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
+        if denoising_strength < 1 and input_image is None:
+            raise ValueError(
+                f"denoising_strength={denoising_strength} only applies to img2img: pass input_image, or use 1.0 "
+                "to generate from pure noise."
+            )
         if input_image is not None:
             check_input_image(input_image)
         height, width = self.check_resize_height_width(height, width)
@@ -292,7 +299,15 @@ class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
             output_params=("noise",),
         )
 
-    def process(self, pipe: ZImageL2PPipeline, height, width, seed, rand_device, num_images=None) -> dict:
+    def process(
+        self,
+        pipe: ZImageL2PPipeline,
+        height: int,
+        width: int,
+        seed: Optional[int],
+        rand_device: Union[str, torch.device],
+        num_images: Optional[int] = None,
+    ) -> dict:
         num_images = num_images or 1
         seeds = [None if seed is None else seed + i for i in range(num_images)]
         noise = [
@@ -313,7 +328,9 @@ class ZImageL2PUnit_InputImageEmbedder(PipelineUnit):
             output_params=("latents", "input_latents"),
         )
 
-    def process(self, pipe: ZImageL2PPipeline, input_image, noise, height, width) -> dict:
+    def process(
+        self, pipe: ZImageL2PPipeline, input_image: Optional[Image.Image], noise: torch.Tensor, height: int, width: int
+    ) -> dict:
         if input_image is None:
             return {"latents": noise, "input_latents": None}
         check_input_image(input_image)
