@@ -336,3 +336,26 @@ def test_meta_path_alias_builds_the_module_without_the_stub_file():
     spec.loader.exec_module(module)
     assert module.ZImagePipeline is ZImageL2PPipeline and module.ModelConfig is ModelConfig
     assert PipelineAliasFinder().find_spec("diffsynth.pipelines.z_image") is None
+
+
+def test_bf16_pipeline_keeps_pixels_and_noise_in_fp32(tiny_model_set, monkeypatch):
+    """As in the release: fp32 noise and fp32 Euler steps; only the DiT computes in the pipeline dtype."""
+    pipe = load_pipeline(tiny_model_set, torch_dtype=torch.bfloat16)
+    seen = []
+    original = pipe.model_fn
+
+    def recording_model_fn(**kwargs):
+        seen.append(kwargs["latents"].dtype)
+        velocity = original(**kwargs)
+        seen.append(velocity.dtype)
+        return velocity
+
+    monkeypatch.setattr(pipe, "model_fn", recording_model_fn)
+    samples = FinalSamples(pipe, monkeypatch)
+    pipe(PROMPT, seed=3, num_images=2, cfg_scale=1.0, **FAST)
+    assert seen == [torch.float32, torch.bfloat16] * FAST["num_inference_steps"]
+    assert samples.samples[0].dtype == torch.float32
+
+    noise = pipe.units[2].process(pipe, height=64, width=64, seed=3, rand_device="cpu", num_images=2)["noise"]
+    expected = [torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+    assert noise.dtype == torch.float32 and torch.equal(noise, torch.cat(expected))

@@ -259,6 +259,7 @@ class ZImageL2PPipeline(BasePipeline):
             "rand_device": rand_device,
             "num_inference_steps": num_inference_steps,
             "num_images": num_images,
+            "computation_dtype": self.torch_dtype,
         }
         for unit in self.units:
             inputs_shared, inputs_posi, inputs_nega = self.unit_runner(
@@ -291,7 +292,7 @@ class ZImageL2PPipeline(BasePipeline):
 
 
 class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
-    """Pixel noise ``[num_images, 3, H, W]``; image ``i`` is drawn from its own generator seeded ``seed + i``."""
+    """Pixel noise ``[num_images, 3, H, W]`` in fp32; image ``i`` has its own generator seeded ``seed + i``."""
 
     def __init__(self):
         super().__init__(
@@ -312,7 +313,11 @@ class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
         seeds = [None if seed is None else seed + i for i in range(num_images)]
         noise = [
             pipe.generate_noise(
-                (1, 3, height, width), seed=s, rand_device=rand_device, rand_torch_dtype=pipe.torch_dtype
+                (1, 3, height, width),
+                seed=s,
+                rand_device=rand_device,
+                rand_torch_dtype=torch.float32,
+                torch_dtype=torch.float32,
             )
             for s in seeds
         ]
@@ -349,11 +354,18 @@ def model_fn_z_image_l2p(
     latents: torch.Tensor,
     timestep: torch.Tensor,
     prompt_embeds: List[torch.Tensor],
+    computation_dtype: Optional[torch.dtype] = None,
     use_gradient_checkpointing: bool = False,
     use_gradient_checkpointing_offload: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Flow velocity ``noise - x0`` for pixel ``latents`` [B, 3, H, W]; one prompt is shared by all B images."""
+    """Flow velocity ``noise - x0`` for pixel ``latents`` [B, 3, H, W]; one prompt is shared by all B images.
+
+    The pipeline keeps the pixels in fp32 between steps (as the release does) and the DiT computes in
+    ``computation_dtype``; the Euler step then promotes the velocity back to fp32.
+    """
+    if computation_dtype is not None:
+        latents = latents.to(computation_dtype)
     batch = latents.shape[0]
     if len(prompt_embeds) == 1 and batch > 1:
         prompt_embeds = list(prompt_embeds) * batch
