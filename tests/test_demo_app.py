@@ -29,7 +29,7 @@ def test_defaults_bind_loopback_on_23231_without_share_or_auth():
     for args in (build_parser().parse_args([]), build_cli_parser().parse_args(["demo"])):
         assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 23231, False, None)
         assert (args.model, args.devices, args.workers_per_device, args.dtype) == (None, "auto", 1, "auto")
-        assert (args.max_size, args.min_size, args.max_queue) == (1024, None, 16)
+        assert (args.max_size, args.min_size, args.max_queue) == (None, None, 16)  # defaults follow the model
 
 
 def test_auth_parsing():

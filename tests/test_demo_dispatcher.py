@@ -1,4 +1,8 @@
-"""Dispatcher behaviour with fake workers: booking, FIFO order, retries, retirement, the queue bound, shutdown."""
+"""Dispatcher behaviour with fake workers: booking, FIFO order, retries, retirement, cool-down, queue bound, shutdown.
+
+Two kinds of failure: a broken worker (``FakeWorker(fail=True)``) fails every request it runs, a bad request
+(``work(..., error=...)``) fails on every worker.
+"""
 
 import logging
 import threading
@@ -6,8 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from diffsynth_l2p.demo.dispatcher import Dispatcher, NoWorkerError, QueueFullError
+from diffsynth_l2p.demo.worker import REQUEST_ERRORS
 
 TIMEOUT = 10.0
 
@@ -33,13 +39,16 @@ class FakeWorker:
         self.gate.set()
         self._lock = threading.Lock()
 
-    def work(self, request: int, seconds: float = 0.0) -> tuple:
+    def work(self, request: int, seconds: float = 0.0, error: Exception | None = None) -> tuple:
+        """Serve ``request``; raise ``error`` (a bad request) on any worker, or fail here if this worker is broken."""
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
         try:
             assert self.gate.wait(TIMEOUT)
             time.sleep(seconds)
+            if error is not None:
+                raise error
             if self.fail:
                 raise RuntimeError(f"{self.name} is broken")
             self.served.append(request)
@@ -49,8 +58,8 @@ class FakeWorker:
                 self.running -= 1
 
 
-def make_pool(*workers: FakeWorker, max_queue: int = 64, max_failures: int = 3) -> Dispatcher:
-    return Dispatcher(list(workers), max_queue, max_failures, names=[w.name for w in workers])
+def make_pool(*workers: FakeWorker, max_queue: int = 64, max_failures: int = 3, **kwargs) -> Dispatcher:
+    return Dispatcher(list(workers), max_queue, max_failures, names=[w.name for w in workers], **kwargs)
 
 
 def test_many_requests_never_double_book_and_all_complete():
@@ -195,6 +204,7 @@ def test_shutdown_fails_queued_requests_and_waits_for_running_ones():
         ({"workers": [1], "max_queue": -1}, "max_queue"),
         ({"workers": [1], "max_queue": 1, "max_consecutive_failures": 0}, "max_consecutive_failures"),
         ({"workers": [1, 2], "max_queue": 1, "names": ["a", "a"]}, "unique"),
+        ({"workers": [1], "max_queue": 1, "cooldown_seconds": -1}, "cooldown_seconds"),
     ],
 )
 def test_invalid_configuration_is_rejected(kwargs, message):
@@ -219,3 +229,95 @@ def test_retries_wait_ahead_of_new_requests():
         assert first.result(timeout=TIMEOUT) == ("gated", 0)
         assert [f.result(timeout=TIMEOUT) for f in retries] == [("gated", 1), ("gated", 2)]
     assert gated.served == [0, 1, 2]
+
+
+def test_bad_requests_never_retire_healthy_workers(caplog):
+    first, second = FakeWorker("first"), FakeWorker("second")
+    pool = make_pool(first, second, max_failures=2)
+    with caplog.at_level(logging.INFO, logger="diffsynth_l2p.demo.dispatcher"):
+        for request in range(5):  # each fails on both workers: the request's fault, not theirs
+            with pytest.raises(RuntimeError, match=f"bad request {request}"):
+                pool.run(lambda w, r=request: w.work(r, error=RuntimeError(f"bad request {r}")))
+    status = pool.status()
+    assert [(w.retired, w.failed) for w in status.workers] == [(False, 5), (False, 5)]
+    assert "taken out of rotation" not in caplog.text
+    assert [pool.run(lambda w, r=r: w.work(r)) for r in range(3)] == [("first", 0), ("first", 1), ("first", 2)]
+
+
+def test_bad_request_readmits_the_worker_its_first_failure_retired(caplog):
+    first, second = FakeWorker("first"), FakeWorker("second")
+    pool = make_pool(first, second, max_failures=1)
+    with caplog.at_level(logging.INFO, logger="diffsynth_l2p.demo.dispatcher"):
+        with pytest.raises(RuntimeError, match="bad request"):
+            pool.run(lambda w: w.work(0, error=RuntimeError("bad request")))
+    assert "worker first failed 1 requests in a row; taken out of rotation" in caplog.text
+    assert "worker first back in rotation after request 0 failed on another worker too" in caplog.text
+    assert pool.status().active == 2
+    assert pool.run(lambda w: w.work(1)) == ("first", 1)
+
+
+def test_strike_stays_when_the_retry_succeeds_elsewhere():
+    broken, healthy = FakeWorker("broken", fail=True), FakeWorker("healthy")
+    pool = make_pool(broken, healthy, max_failures=2)
+    assert pool.run(lambda w: w.work(0)) == ("healthy", 0)
+    with pytest.raises(RuntimeError, match="bad request"):  # a bad request in between takes back only its own strike
+        pool.run(lambda w: w.work(1, error=RuntimeError("bad request")))
+    assert not pool.status().workers[0].retired
+    assert pool.run(lambda w: w.work(2)) == ("healthy", 2)
+    assert pool.status().workers[0].retired
+
+
+@pytest.mark.parametrize("error", [ValueError("height 72"), TypeError("bad type"), torch.OutOfMemoryError("OOM")])
+def test_request_errors_never_count_against_even_a_lone_worker(error):
+    worker = FakeWorker("only")
+    pool = make_pool(worker, max_failures=1, request_errors=REQUEST_ERRORS)
+    for request in range(3):
+        with pytest.raises(type(error)):
+            pool.run(lambda w, r=request: w.work(r, error=error))
+    assert not pool.status().workers[0].retired and pool.status().workers[0].failed == 3
+    assert pool.run(lambda w: w.work(3)) == ("only", 3)
+
+
+def test_retired_worker_returns_after_the_cool_down_on_probation(caplog):
+    broken, healthy = FakeWorker("broken", fail=True), FakeWorker("healthy")
+    pool = make_pool(broken, healthy, max_failures=2, cooldown_seconds=0.3)
+    with caplog.at_level(logging.INFO, logger="diffsynth_l2p.demo.dispatcher"):
+        assert [pool.run(lambda w, r=r: w.work(r)) for r in range(2)] == [("healthy", 0), ("healthy", 1)]
+        retired_at = time.monotonic()
+        assert pool.status().workers[0].retired
+        wait_until(lambda: not pool.status().workers[0].retired)
+        assert time.monotonic() - retired_at >= 0.25
+        assert "worker broken back in rotation after a 0.3 s cool-down" in caplog.text
+        assert pool.run(lambda w: w.work(2)) == ("healthy", 2)  # tried on "broken" first: one strike retires it again
+    by_name = {w.name: w for w in pool.status().workers}
+    assert by_name["broken"].retired and by_name["broken"].failed == 3
+
+
+def test_no_worker_error_says_when_the_first_retired_worker_returns():
+    pool = make_pool(FakeWorker("only", fail=True), max_failures=1, cooldown_seconds=60)
+    with pytest.raises(RuntimeError, match="only is broken"):
+        pool.run(lambda w: w.work(0))
+    with pytest.raises(
+        NoWorkerError,
+        match=r"taken out of rotation after repeated failures: only\); the first one is back in (59|60) s",
+    ):
+        pool.run(lambda w: w.work(1))
+    forever = make_pool(FakeWorker("only", fail=True), max_failures=1, cooldown_seconds=None)
+    with pytest.raises(RuntimeError):
+        forever.run(lambda w: w.work(0))
+    with pytest.raises(NoWorkerError, match=r"failures: only\)\.$"):
+        forever.run(lambda w: w.work(1))
+
+
+def test_worker_readmitted_at_once_is_still_booked_once():
+    broken, gated = FakeWorker("broken", fail=True), FakeWorker("gated")
+    pool = make_pool(broken, gated, max_failures=1, cooldown_seconds=0)
+    broken.gate.clear()
+    gated.gate.clear()
+    with ThreadPoolExecutor(max_workers=5) as executor:
+        futures = [executor.submit(pool.run, lambda w, r=r: w.work(r)) for r in range(5)]
+        wait_until(lambda: pool.status().busy == 2 and pool.status().queued == 3)
+        broken.gate.set()  # each failure retires "broken" and readmits it at once, with requests waiting
+        gated.gate.set()
+        assert sorted(f.result(timeout=TIMEOUT) for f in futures) == [("gated", r) for r in range(5)]
+    assert broken.max_running == 1 and gated.max_running == 1

@@ -6,6 +6,7 @@ from diffsynth_l2p.demo.request import (
     MAX_SEED,
     GenerationRequest,
     Limits,
+    size_limits,
     validate_request,
 )
 
@@ -56,7 +57,7 @@ def test_limits_follow_the_configured_sizes():
     assert validate_request(small, **{**VALID, "width": 64, "height": 128}).width == 64
     with pytest.raises(ValueError, match="width 256 is out of range: it must be between 64 and 128"):
         validate_request(small, **{**VALID, "width": 256, "height": 64})
-    with pytest.raises(ValueError, match="multiples of the model's patch size 16"):
+    with pytest.raises(ValueError, match="multiples of the model's size step 16: pass --min-size and --max-size as"):
         Limits(min_size=100)
     with pytest.raises(ValueError, match="--min-size 512 must be positive and at most --max-size 256"):
         Limits(min_size=512, max_size=256)
@@ -74,3 +75,33 @@ def test_pipeline_kwargs_name_the_pipeline_arguments():
         prompt="a red circle", negative_prompt="", cfg_scale=2.0, height=512, width=1024, seed=42,
         num_inference_steps=30, num_images=2,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "size_step, native, expected",
+    [
+        (16, 64, (64, 1024)),  # tiny: its native 64 is below 256
+        (16, 1024, (256, 1024)),  # 1K
+        (64, 4096, (256, 1024)),  # 4K
+        (128, 8192, (256, 1024)),  # 8K
+        (320, 10240, (320, 960)),  # 10K: 256 rounds up, 1024 down
+        (2048, 1024, (2048, 2048)),  # a step above 1024: one step
+    ],
+)
+def test_default_size_limits_lie_on_the_models_size_grid(size_step, native, expected):
+    limits = size_limits(size_step, native)
+    assert (limits.min_size, limits.max_size, limits.size_step) == (*expected, size_step)
+
+
+def test_explicit_size_limits_are_kept_or_rejected():
+    assert size_limits(320, 10240, min_size=640, max_size=1920) == Limits(640, 1920, 320)
+    assert size_limits(320, 10240, max_size=320) == Limits(320, 320, 320)
+    with pytest.raises(ValueError, match="multiples of the model's size step 320"):
+        size_limits(320, 10240, max_size=1024)
+    with pytest.raises(ValueError, match="--min-size 1280 must be positive and at most --max-size 960"):
+        size_limits(320, 10240, min_size=1280)
+
+
+def test_clamp_size_stays_on_the_grid_and_in_range():
+    limits = Limits(320, 960, 320)
+    assert [limits.clamp_size(size) for size in (64, 320, 700, 960, 10240)] == [320, 320, 640, 960, 960]

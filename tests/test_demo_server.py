@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from diffsynth_l2p.demo.request import Limits, validate_request
 from diffsynth_l2p.demo.server import DemoServer, build_parser
 from diffsynth_l2p.generate import read_png_parameters
+from diffsynth_l2p.models.configs import L2P_CONFIGS
+from diffsynth_l2p.models.z_image_l2p_dit import ZImageL2PDiT
+from diffsynth_l2p.registry import register_l2p_dit
+from diffsynth_l2p.tiny import init_weights
 from tests.demo_helpers import TIMEOUT, free_port, loopback_only, model_args, pixels, submit_generate
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -90,6 +97,11 @@ def test_api_rejects_out_of_range_requests_with_clear_error(client, width, heigh
         submit_generate(client, seed=1, width=width, height=height, steps=steps).result(timeout=TIMEOUT)
 
 
+def test_request_errors_are_not_held_against_workers(live_server):
+    assert torch.OutOfMemoryError in live_server[0].dispatcher.request_errors
+    assert ValueError in live_server[0].dispatcher.request_errors
+
+
 def test_status_line_lists_the_workers(live_server):
     from diffsynth_l2p.demo.ui import status_text
 
@@ -118,3 +130,34 @@ def test_full_queue_answers_busy_and_close_releases_the_port(tiny_model_set):
     assert not server.output_dir.exists()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_default_sizes_fit_a_model_whose_size_step_is_320(tiny_model_set, tmp_path):
+    """A 10K-shaped head (patch 160, 6 stages): sizes are multiples of 320, which 256 and 1024 are not."""
+    kwargs = {**L2P_CONFIGS["tiny"].kwargs, "all_patch_size": (160,), "head_channels": (4, 8, 8, 16, 16, 32)}
+    dit = ZImageL2PDiT(**kwargs)
+    init_weights(dit, seed=0)
+    register_l2p_dit(**kwargs)
+    save_file({key: value.contiguous() for key, value in dit.state_dict().items()}, tmp_path / "dit.safetensors")
+    files = {**tiny_model_set, "dit": str(tmp_path / "dit.safetensors")}
+    server = DemoServer(build_parser().parse_args([*model_args(files), "--devices", "cpu"]))
+    try:
+        step = dit.size_multiple
+        assert step == 320
+        # smallest multiple >= 256 is one step, largest <= 1024 is three; the unknown checkpoint's native 1024 clamps
+        assert server.settings.limits == Limits(min_size=step, max_size=3 * step, size_step=step)
+        assert server.settings.default_size == 3 * step
+        request = validate_request(server.settings.limits, "a red circle", "", 1, 2.0, step, 2 * step, 0, 1)
+        (image,) = server.dispatcher.run(lambda worker: worker.generate(request))
+        with Image.open(image.path) as png:
+            assert png.size == (step, 2 * step)
+    finally:
+        server.close()
+
+
+def test_explicit_sizes_off_the_grid_fail_before_the_other_workers_load(tiny_model_set, caplog):
+    args = [*model_args(tiny_model_set), "--devices", "cpu", "--workers-per-device", "2", "--max-size", "1000"]
+    with caplog.at_level(logging.INFO, logger="diffsynth_l2p.demo.worker"):
+        with pytest.raises(ValueError, match="must be multiples of the model's size step 16"):
+            DemoServer(build_parser().parse_args(args))
+    assert [message.split(":")[0] for message in caplog.messages] == ["worker cpu#0"]

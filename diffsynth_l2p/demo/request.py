@@ -1,17 +1,20 @@
 """What one demo request asks for, the limits it must respect, and its validation."""
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
+DEFAULT_MIN_SIZE = 256
+DEFAULT_MAX_SIZE = 1024
 
 
 @dataclass(frozen=True)
 class Limits:
     """Allowed ranges for every control; the UI is built from them and the server checks them on every request."""
 
-    min_size: int = 256
-    max_size: int = 1024
+    min_size: int = DEFAULT_MIN_SIZE
+    max_size: int = DEFAULT_MAX_SIZE
     size_step: int = 16
     min_steps: int = 1
     max_steps: int = 100
@@ -19,14 +22,32 @@ class Limits:
     max_cfg: float = 10.0
     max_images: int = 4
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.size_step < 1 or self.min_size % self.size_step or self.max_size % self.size_step:
             raise ValueError(
-                f"Image size limits {self.min_size}-{self.max_size} must be multiples of the model's patch size "
-                f"{self.size_step}."
+                f"Image size limits {self.min_size}-{self.max_size} must be multiples of the model's size step "
+                f"{self.size_step}: pass --min-size and --max-size as multiples of {self.size_step}."
             )
         if not 0 < self.min_size <= self.max_size:
             raise ValueError(f"--min-size {self.min_size} must be positive and at most --max-size {self.max_size}.")
+
+    def clamp_size(self, size: int) -> int:
+        """``size`` brought into the allowed range, rounded down to a multiple of the size step."""
+        return max(self.min_size, min(size, self.max_size) // self.size_step * self.size_step)
+
+
+def size_limits(size_step: int, native_size: int, min_size: int | None = None, max_size: int | None = None) -> Limits:
+    """`Limits` for a model whose sizes are multiples of ``size_step``; unset sizes get defaults on that grid.
+
+    The default smallest size is the first multiple of the step at or above 256 (or above the native size when that is
+    smaller), the default largest is the last multiple at or below 1024 (at least one step). Sizes that are set must be
+    multiples of the step themselves.
+    """
+    if min_size is None:
+        min_size = -(-min(DEFAULT_MIN_SIZE, native_size) // size_step) * size_step
+    if max_size is None:
+        max_size = max(size_step, DEFAULT_MAX_SIZE // size_step * size_step)
+    return Limits(min_size=min_size, max_size=max_size, size_step=size_step)
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ class GenerationRequest:
         return GenerationRequest(**{**asdict(self), "seed": self.image_seeds()[index], "num_images": 1})
 
 
-def _integer(name: str, value) -> int:
+def _integer(name: str, value: Any) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -72,13 +93,13 @@ def _integer(name: str, value) -> int:
     return int(number)
 
 
-def _number(name: str, value) -> float:
+def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     return float(value)
 
 
-def _in_range(name: str, value, low, high, step: int | None = None) -> None:
+def _in_range(name: str, value: float, low: float, high: float, step: int | None = None) -> None:
     if not low <= value <= high or (step is not None and (value - low) % step):
         steps = f" in steps of {step}" if step is not None else ""
         raise ValueError(f"{name} {value} is out of range: it must be between {low} and {high}{steps}.")
@@ -86,16 +107,20 @@ def _in_range(name: str, value, low, high, step: int | None = None) -> None:
 
 def validate_request(
     limits: Limits,
-    prompt,
-    negative_prompt,
-    steps,
-    cfg_scale,
-    width,
-    height,
-    seed,
-    num_images,
+    prompt: Any,
+    negative_prompt: Any,
+    steps: Any,
+    cfg_scale: Any,
+    width: Any,
+    height: Any,
+    seed: Any,
+    num_images: Any,
 ) -> GenerationRequest:
-    """Check raw UI/API values against ``limits`` and return the typed request; `ValueError` names what is wrong."""
+    """Check raw UI/API values against ``limits`` and return the typed request; `ValueError` names what is wrong.
+
+    The values are typed ``Any`` on purpose: they arrive unconverted from the page or the API (strings, floats, None)
+    and this function is what checks and converts them.
+    """
     for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
         if not isinstance(text, str):
             raise ValueError(f"The {name} must be text, got {type(text).__name__}.")

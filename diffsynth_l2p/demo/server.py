@@ -39,12 +39,18 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--max-queue", type=int, default=16, help="requests that may wait for a worker; more are refused as busy"
     )
-    parser.add_argument("--max-size", type=int, default=1024, help="largest width/height allowed (default 1024)")
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="largest width/height allowed, a multiple of the model's size step (default 1024 rounded down to it)",
+    )
     parser.add_argument(
         "--min-size",
         type=int,
         default=None,
-        help="smallest width/height allowed (default 256, or the model's native size when smaller)",
+        help="smallest width/height allowed, a multiple of the model's size step (default 256, or the model's "
+        "native size when smaller, rounded up to it)",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind; 0.0.0.0 exposes the demo to the network")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -78,9 +84,9 @@ class DemoServer:
         from ..pipelines.loading import native_size, resolve_model_files
         from .devices import resolve_devices, resolve_dtype, worker_devices, worker_names
         from .dispatcher import Dispatcher
-        from .request import Limits
+        from .request import size_limits
         from .ui import UISettings, build_ui
-        from .worker import PipelineWorker
+        from .worker import REQUEST_ERRORS, PipelineWorker
 
         self.args = args
         self.auth = parse_auth(args.auth)
@@ -90,21 +96,26 @@ class DemoServer:
         files = resolve_model_files(model)
         model_label = Path(files["dit"]).name if args.model else "tiny (default)"  # no server paths in the page
         native = min(native_size(files["dit"]))
-        min_size = args.min_size if args.min_size is not None else min(256, native)
-        Limits(min_size=min_size, max_size=args.max_size, size_step=1)  # fail before loading anything
+        size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything
         devices = worker_devices(resolve_devices(args.devices), args.workers_per_device)
         self.output_dir = Path(tempfile.mkdtemp(prefix="l2p-demo-"))
         try:
-            workers = [
-                PipelineWorker.load(
-                    name, files, model_label, device, resolve_dtype(args.dtype, device), self.output_dir
-                )
-                for name, device in zip(worker_names(devices), devices, strict=True)
-            ]
-            limits = Limits(min_size, args.max_size, size_step=workers[0].pipe.height_division_factor)
-            self.dispatcher = Dispatcher(workers, args.max_queue, names=[w.name for w in workers])
-            default_size = min(max(native, limits.min_size), limits.max_size)
-            self.blocks = build_ui(self.dispatcher, UISettings(limits, default_size, model_label))
+            names = worker_names(devices)
+
+            def load(index: int) -> PipelineWorker:
+                device = devices[index]
+                dtype = resolve_dtype(args.dtype, device)
+                return PipelineWorker.load(names[index], files, model_label, device, dtype, self.output_dir)
+
+            workers = [load(0)]
+            # The model's size step is known once a pipeline is loaded: check the sizes before loading the others.
+            limits = size_limits(workers[0].pipe.height_division_factor, native, args.min_size, args.max_size)
+            workers += [load(index) for index in range(1, len(devices))]
+            self.dispatcher = Dispatcher(
+                workers, args.max_queue, names=[w.name for w in workers], request_errors=REQUEST_ERRORS
+            )
+            self.settings = UISettings(limits, limits.clamp_size(native), model_label)
+            self.blocks = build_ui(self.dispatcher, self.settings)
         except BaseException:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             raise

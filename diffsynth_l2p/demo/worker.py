@@ -14,9 +14,14 @@ from tqdm import tqdm
 from ..generate import save_png
 from ..pipelines.loading import ModelFiles, load_pipeline
 from ..pipelines.z_image_l2p import default_sigma_shift
+from . import dispatcher
 from .request import GenerationRequest
 
 logger = logging.getLogger(__name__)
+
+# Failures caused by the request, not the worker (invalid values, more memory than the device has free): the dispatcher
+# never holds them against the worker.
+REQUEST_ERRORS = (*dispatcher.REQUEST_ERRORS, torch.OutOfMemoryError)
 
 # Results stay downloadable this long; Gradio keeps its own copies in its cache (cleaned by `delete_cache`).
 OUTPUT_TTL_SECONDS = 3600.0
