@@ -9,6 +9,8 @@ from typing import List, Optional
 
 
 def _add_convert(sub) -> None:
+    from .models.configs import L2P_CONFIGS
+
     parser = sub.add_parser(
         "convert",
         help="turn a latent Z-Image DiT checkpoint into an L2P pixel-space initialisation",
@@ -26,7 +28,7 @@ def _add_convert(sub) -> None:
     parser.add_argument("--output_path", required=True, help="the pixel checkpoint to write")
     parser.add_argument(
         "--config", default=None, metavar="NAME",
-        help="named L2P config of the output (1k, tiny); default: the one whose sizes match the source",
+        help=f"named L2P config of the output ({', '.join(L2P_CONFIGS)}); default: the one matching the source's sizes",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the new tensors' init (default: 42)")
     parser.add_argument(

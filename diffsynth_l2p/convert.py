@@ -7,16 +7,16 @@ ever materialised, so converting the 6B model needs memory for one tensor at a t
 """
 
 import os
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
 from .inspection import checkpoint_kind, infer_dit_dims
 from .models.configs import L2P_CONFIGS
-from .models.z_image_l2p_dit import ZImageL2PDiT
-from .registry import find_registered
+from .registry import find_registered, meta_model, meta_state_shapes
 from .safetensors_io import (
     DTYPE_NAMES,
     TORCH_DTYPES,
@@ -36,6 +36,10 @@ from .safetensors_io import (
 
 # Modules the pixel model has in place of the latent ones; everything else must come from the source.
 NEW_MODULE_PREFIXES = ("all_x_embedder.", "local_decoder.")
+# Repeated transformer blocks of a Z-Image DiT: every block of one module has the same tensors.
+_BLOCK_KEY = re.compile(r"^(?P<module>layers|noise_refiner|context_refiner)\.(?P<index>\d+)\.(?P<tensor>.+)$")
+# Hugging Face shard names: <stem>-00001-of-00003.safetensors.
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.safetensors$")
 
 ConfigArg = Union[str, Mapping[str, Any], None]
 
@@ -54,17 +58,12 @@ class ConversionPlan:
     output_hash: str
 
 
-def _meta_model(kwargs: Mapping[str, Any]) -> ZImageL2PDiT:
-    with torch.device("meta"):
-        return ZImageL2PDiT(**kwargs)
-
-
 def _describe(dims: Mapping[str, int]) -> str:
     return ", ".join(f"{name}={value}" for name, value in dims.items())
 
 
 def _target_dims(kwargs: Mapping[str, Any]) -> Dict[str, int]:
-    return infer_dit_dims({key: value.shape for key, value in _meta_model(kwargs).state_dict().items()})
+    return infer_dit_dims(meta_state_shapes(**kwargs))
 
 
 def _resolve_config(config: ConfigArg, source_dims: Dict[str, int]) -> Tuple[Optional[str], Dict[str, Any]]:
@@ -93,12 +92,59 @@ def _resolve_config(config: ConfigArg, source_dims: Dict[str, int]) -> Tuple[Opt
     return name, kwargs
 
 
+def incomplete_blocks(keys: Sequence[str]) -> List[str]:
+    """Transformer blocks (``layers.7``) that are absent or lack tensors other blocks of their module have.
+
+    A complete Z-Image DiT has none; a checkpoint read without one of its shards usually has some.
+    """
+    tensors: Dict[Tuple[str, int], Set[str]] = defaultdict(set)
+    for key in keys:
+        if match := _BLOCK_KEY.match(key):
+            tensors[match["module"], int(match["index"])].add(match["tensor"])
+    expected: Dict[str, Set[str]] = defaultdict(set)
+    count: Dict[str, int] = defaultdict(int)
+    for (module, index), names in tensors.items():
+        expected[module] |= names
+        count[module] = max(count[module], index + 1)
+    problems = []
+    for module, blocks in count.items():
+        for index in range(blocks):
+            missing = len(expected[module] - tensors.get((module, index), set()))
+            if missing == len(expected[module]):
+                problems.append(f"{module}.{index} is absent")
+            elif missing:
+                problems.append(f"{module}.{index} lacks {missing} of {len(expected[module])} tensors")
+    return problems
+
+
+def left_out_shards(paths: Sequence[str]) -> List[str]:
+    """Files ``<stem>-0000K-of-0000N.safetensors`` that the shard names among ``paths`` imply but ``paths`` lacks."""
+    given: Dict[Tuple[str, str, str, int], Set[int]] = defaultdict(set)
+    for path in paths:
+        if match := _SHARD_NAME.match(os.path.basename(path)):
+            group = (os.path.dirname(path), match["stem"], match["total"], len(match["index"]))
+            given[group].add(int(match["index"]))
+    return [
+        os.path.join(directory, f"{stem}-{index:0{width}d}-of-{total}.safetensors")
+        for (directory, stem, total, width), indices in given.items()
+        for index in range(1, int(total) + 1)
+        if index not in indices
+    ]
+
+
 def _check_source(source: Layout) -> Dict[str, int]:
     kind = checkpoint_kind(source)
     if kind == "pixel":
         raise ValueError(
             "The input is already a pixel L2P checkpoint (it has local_decoder.* tensors); nothing to convert. "
             "Load it directly, or run `l2p inspect` on it."
+        )
+    incomplete = incomplete_blocks(list(source))
+    if incomplete:
+        raise ValueError(
+            f"The source DiT has incomplete blocks ({', '.join(incomplete[:3])}"
+            f"{', ...' if len(incomplete) > 3 else ''}): a shard was probably left out; pass all of the "
+            "checkpoint's *.safetensors files."
         )
     dims = infer_dit_dims({key: info.shape for key, info in source.items()})
     if kind != "latent" or dims is None:
@@ -116,7 +162,7 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: Optional[to
     source's sizes.  New tensors are stored in ``dtype`` (default: the source's most common dtype).
     """
     config_name, kwargs = _resolve_config(config, _check_source(source))
-    target = {key: tuple(value.shape) for key, value in _meta_model(kwargs).state_dict().items()}
+    target = meta_state_shapes(**kwargs)
     mismatches = tuple(
         (key, source[key].shape, shape) for key, shape in target.items() if key in source and source[key].shape != shape
     )
@@ -151,7 +197,7 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: Optional[to
 
 def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Tensor]:
     """Default (``reset_parameters``) init of the modules owning ``plan.new``, on CPU, reproducible from ``seed``."""
-    model = _meta_model(plan.kwargs)
+    model = meta_model(**plan.kwargs)
     new = set(plan.new)
     tensors: Dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=[]):
@@ -210,13 +256,13 @@ class ConversionReport:
 
 
 def _verify(output_path: str, plan: ConversionPlan, source: Mapping[str, torch.Tensor], new: Dict[str, torch.Tensor]):
-    written = SafetensorsCheckpoint(output_path)
-    if written.header != plan.output_layout:
-        raise RuntimeError(f"Verification failed: {output_path} does not have the planned layout.")
-    for key in plan.output_layout:
-        expected = new[key] if key in new else source[key]
-        if not same_bits(written[key], expected):
-            raise RuntimeError(f"Verification failed: {key} in {output_path} differs from what was written.")
+    with SafetensorsCheckpoint(output_path) as written:
+        if written.header != plan.output_layout:
+            raise RuntimeError(f"Verification failed: {output_path} does not have the planned layout.")
+        for key in plan.output_layout:
+            expected = new[key] if key in new else source[key]
+            if not same_bits(written[key], expected):
+                raise RuntimeError(f"Verification failed: {key} in {output_path} differs from what was written.")
 
 
 def convert_latent_to_pixel(
@@ -234,12 +280,20 @@ def convert_latent_to_pixel(
     """
     sources = as_path_list(latent_files)
     output = check_output_path(output_path, sources)
-    plan = plan_conversion(read_headers(sources), config, dtype)
+    try:
+        plan = plan_conversion(read_headers(sources), config, dtype)
+    except ValueError as error:
+        left_out = left_out_shards(sources)
+        if not left_out:
+            raise
+        raise ValueError(
+            f"The inputs lack {', '.join(left_out)}, which the shard names (-of-N) say belong to this checkpoint; "
+            f"pass every shard. Details: {error}"
+        ) from None
     output_hash = plan.output_hash
     if not dry_run:
-        source = SafetensorsCheckpoint(sources)
         new = init_new_tensors(plan, seed)
-        with atomic_output(output, sources) as temp_path:
+        with SafetensorsCheckpoint(sources) as source, atomic_output(output, sources) as temp_path:
             write_safetensors(temp_path, plan.output_layout, lambda key: new[key] if key in new else source[key])
             _verify(temp_path, plan, source, new)
         output_hash = hash_checkpoint(output)

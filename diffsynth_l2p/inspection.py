@@ -6,30 +6,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-import torch
 from diffsynth.models.z_image_dit import ZImageDiT
 
 from .models.configs import L2P_CONFIGS
-from .models.z_image_l2p_dit import ZImageL2PDiT
-from .registry import find_registered
+from .registry import Shapes, find_registered, meta_state_shapes
 from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
 
-Shapes = Dict[str, Tuple[int, ...]]
 LATENT_LAYOUT = "latent Z-Image DiT"
 _SHOWN_KEYS = 8
-
-
-def _meta_shapes(model_class: type, kwargs: Mapping[str, Any]) -> Shapes:
-    with torch.device("meta"):
-        model = model_class(**kwargs)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 @functools.cache
 def expected_layouts() -> Dict[str, Shapes]:
     """Layouts we know: every named L2P config and the stock latent Z-Image DiT (built on the meta device)."""
-    layouts = {f"L2P {name}": _meta_shapes(ZImageL2PDiT, config.kwargs) for name, config in L2P_CONFIGS.items()}
-    layouts[LATENT_LAYOUT] = _meta_shapes(ZImageDiT, {})
+    layouts = {f"L2P {name}": meta_state_shapes(**config.kwargs) for name, config in L2P_CONFIGS.items()}
+    layouts[LATENT_LAYOUT] = meta_state_shapes(ZImageDiT)
     return layouts
 
 

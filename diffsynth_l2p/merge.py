@@ -6,10 +6,13 @@ as is, dtype included, like the release.  Same-key tensors with another shape ar
 warning; tensors of A that B lacks are counted, not added, so the output keeps B's layout and hash.
 """
 
+import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Dict, Tuple, Union
+
+import torch
+from diffsynth.utils.lora import GeneralLoRALoader
 
 from .inspection import checkpoint_kind
 from .registry import find_registered
@@ -26,7 +29,7 @@ from .safetensors_io import (
 )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class MergePlan:
     """Which tensors of the output come from A, computed from headers only."""
 
@@ -43,16 +46,14 @@ def plan_merge(header_a: Layout, header_b: Layout) -> MergePlan:
     return MergePlan(
         overwritten=overwritten,
         shape_mismatches=tuple(
-            (key, header_a[key].shape, header_b[key].shape)
-            for key in header_a
-            if key in header_b and key not in chosen
+            (key, header_a[key].shape, header_b[key].shape) for key in header_a if key in header_b and key not in chosen
         ),
         absent_from_b=tuple(key for key in header_a if key not in header_b),
         output_layout={key: header_a[key] if key in chosen else info for key, info in header_b.items()},
     )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class MergeReport:
     """Result of ``merge_checkpoints``; ``summary()`` is what ``l2p merge`` prints."""
 
@@ -99,10 +100,9 @@ def merge_checkpoints(file_a: PathOrPaths, file_b: PathOrPaths, file_out: Union[
         details = ", ".join(f"{key} {list(a)} vs {list(b)}" for key, a, b in plan.shape_mismatches)
         count = len(plan.shape_mismatches)
         warnings.warn(f"Skipped {count} tensors of file_a whose shape differs in file_b: {details}", stacklevel=2)
-    a, b = SafetensorsCheckpoint(file_a), SafetensorsCheckpoint(file_b)
     chosen = set(plan.overwritten)
-    with atomic_output(output, inputs) as temp_path:
-        write_safetensors(temp_path, plan.output_layout, lambda key: (a if key in chosen else b)[key], desc="Merging")
+    with SafetensorsCheckpoint(file_a) as a, SafetensorsCheckpoint(file_b) as b, atomic_output(output, inputs) as temp:
+        write_safetensors(temp, plan.output_layout, lambda key: (a if key in chosen else b)[key], desc="Merging")
     output_hash = hash_checkpoint(output)
     return MergeReport(output, plan, output_hash, tuple(find_registered(output_hash)))
 
@@ -116,33 +116,28 @@ def fuse_lora(lora_file: PathOrPaths, base_file: PathOrPaths, file_out: Union[st
     """Fuse a LoRA checkpoint into a full L2P checkpoint: W += B @ A per adapted linear (DiffSynth's
     ``GeneralLoRALoader`` reads the pairs), and the full-rank tensors it carries (``lora:R`` trains the new parts
     at full rank) overwrite B's as in ``merge_checkpoints``. The output keeps B's layout, dtypes and hash."""
-    import dataclasses
-
-    import torch
-    from diffsynth.utils.lora import GeneralLoRALoader
-
     inputs = as_path_list(lora_file) + as_path_list(base_file)
     output = check_output_path(file_out, inputs)
     header_lora, header_base = read_headers(lora_file), read_headers(base_file)
     _require_not_latent(base_file, header_base, "base_file")
-    lora, base = SafetensorsCheckpoint(lora_file), SafetensorsCheckpoint(base_file)
-    pairs = GeneralLoRALoader().convert_state_dict({key: lora[key] for key in header_lora if ".lora_" in key})
-    targets = {key[: -len(".lora_B.weight")] + ".weight" for key in pairs if key.endswith(".lora_B.weight")}
-    missing = sorted(key for key in targets if key not in header_base)
-    if not targets or missing:
-        raise ValueError(f"The LoRA in {lora_file} does not fit {base_file}: no base weight for {missing[:3]}.")
-    plan = plan_merge({k: v for k, v in header_lora.items() if ".lora_" not in k}, header_base)
-    chosen = set(plan.overwritten)
+    with SafetensorsCheckpoint(lora_file) as lora, SafetensorsCheckpoint(base_file) as base:
+        pairs = GeneralLoRALoader().convert_state_dict({key: lora[key] for key in header_lora if ".lora_" in key})
+        targets = {key[: -len(".lora_B.weight")] + ".weight" for key in pairs if key.endswith(".lora_B.weight")}
+        missing = sorted(key for key in targets if key not in header_base)
+        if not targets or missing:
+            raise ValueError(f"The LoRA in {lora_file} does not fit {base_file}: no base weight for {missing[:3]}.")
+        plan = plan_merge({k: v for k, v in header_lora.items() if ".lora_" not in k}, header_base)
+        chosen = set(plan.overwritten)
 
-    def fetch(key: str) -> torch.Tensor:
-        if key in targets:
-            prefix = key[: -len(".weight")]
-            delta = pairs[f"{prefix}.lora_B.weight"].float() @ pairs[f"{prefix}.lora_A.weight"].float()
-            return (base[key].float() + delta).to(base[key].dtype)
-        return (lora if key in chosen else base)[key]
+        def fetch(key: str) -> torch.Tensor:
+            if key in targets:
+                prefix = key[: -len(".weight")]
+                delta = pairs[f"{prefix}.lora_B.weight"].float() @ pairs[f"{prefix}.lora_A.weight"].float()
+                return (base[key].float() + delta).to(base[key].dtype)
+            return (lora if key in chosen else base)[key]
 
-    with atomic_output(output, inputs) as temp_path:
-        write_safetensors(temp_path, plan.output_layout, fetch, desc="Fusing LoRA")
+        with atomic_output(output, inputs) as temp_path:
+            write_safetensors(temp_path, plan.output_layout, fetch, desc="Fusing LoRA")
     plan = dataclasses.replace(plan, overwritten=plan.overwritten + tuple(sorted(targets)))
     output_hash = hash_checkpoint(output)
     return MergeReport(output, plan, output_hash, tuple(find_registered(output_hash)))

@@ -1,6 +1,6 @@
-"""Idempotent registration of L2P models into DiffSynth's model registry and VRAM maps."""
+"""Idempotent registration of L2P models into DiffSynth's model registry and VRAM maps, and meta-device builds."""
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 import torch
 from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
@@ -19,11 +19,24 @@ L2P_VRAM_MODULE_MAP = {
 }
 
 
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+Shapes = Dict[str, Tuple[int, ...]]
+
+
+def meta_model(model_class: Type[ModelT] = ZImageL2PDiT, /, **kwargs: Any) -> ModelT:
+    """``model_class(**kwargs)`` (default ``ZImageL2PDiT``) on the meta device: names and shapes, no memory."""
+    with torch.device("meta"):
+        return model_class(**kwargs)
+
+
+def meta_state_shapes(model_class: Type[torch.nn.Module] = ZImageL2PDiT, /, **kwargs: Any) -> Shapes:
+    """``{key: shape}`` of the state dict of ``model_class(**kwargs)``, built on the meta device."""
+    return {key: tuple(value.shape) for key, value in meta_model(model_class, **kwargs).state_dict().items()}
+
+
 def l2p_dit_hash(**kwargs: Any) -> str:
     """DiffSynth's file hash of a ``ZImageL2PDiT(**kwargs)`` checkpoint, computed on the meta device."""
-    with torch.device("meta"):
-        model = ZImageL2PDiT(**kwargs)
-    return hash_state_dict_keys(model.state_dict())
+    return hash_state_dict_keys(meta_model(**kwargs).state_dict())
 
 
 def register_model(

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -17,6 +16,8 @@ import torch
 from diffsynth.core import hash_model_file, hash_state_dict_keys
 from safetensors import safe_open
 from tqdm import tqdm
+
+from .atomic import atomic_path
 
 PathOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
@@ -123,22 +124,38 @@ def read_headers(paths: PathOrPaths) -> Layout:
 
 
 class SafetensorsCheckpoint(Mapping):
-    """Read-only, lazy ``{key: tensor}`` view of one file or several shards; ``header`` holds the layout."""
+    """Read-only, lazy ``{key: tensor}`` view of one file or several shards; ``header`` holds the layout.
+
+    The files stay memory-mapped until ``close()``; use it as a context manager so they are released on exit
+    (tensors already read stay valid: each keeps a reference to the mapping it views).
+    """
 
     def __init__(self, paths: PathOrPaths) -> None:
         self.paths = as_path_list(paths)
         self.header = read_headers(self.paths)
-        self._handles = {path: safe_open(path, framework="pt", device="cpu") for path in self.paths}
-        self._owner = {key: path for path in self.paths for key in self._handles[path].keys()}
+        with contextlib.ExitStack() as files:  # closes what was opened if a later file fails to open
+            handles = {path: files.enter_context(safe_open(path, framework="pt", device="cpu")) for path in self.paths}
+            self._files = files.pop_all()
+        self._handles = {key: handles[path] for path in self.paths for key in handles[path].keys()}
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self._handles[self._owner[key]].get_tensor(key)
+        return self._handles[key].get_tensor(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.header)
 
     def __len__(self) -> int:
         return len(self.header)
+
+    def close(self) -> None:
+        """Release every file; reading a tensor afterwards raises."""
+        self._files.close()
+
+    def __enter__(self) -> "SafetensorsCheckpoint":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _require_suffix(path: str) -> None:
@@ -186,18 +203,9 @@ def check_output_path(output_path: Union[str, os.PathLike], inputs: PathOrPaths)
 
 @contextlib.contextmanager
 def atomic_output(output_path: Union[str, os.PathLike], inputs: PathOrPaths = ()) -> Iterator[str]:
-    """Yield a temporary path beside ``output_path``; on success it replaces ``output_path``, on error it is removed."""
-    output = check_output_path(output_path, inputs)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    try:
+    """``atomic_path`` for a *.safetensors output that is none of ``inputs`` (checked first; inputs are kept)."""
+    with atomic_path(check_output_path(output_path, inputs)) as temp_path:
         yield temp_path
-        os.replace(temp_path, output)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
 
 
 def write_safetensors(

@@ -11,13 +11,27 @@ from diffsynth.core import hash_model_file
 from diffsynth.models.model_loader import ModelPool
 from diffsynth.models.z_image_dit import ZImageDiT
 from safetensors.torch import load_file, save_file
-from tiny_checkpoints import save_sharded, tiny_latent_state_dict, write_header_only
+from tiny_checkpoints import (
+    failing_writer,
+    is_mapped,
+    needs_proc_maps,
+    save_sharded,
+    tiny_latent_state_dict,
+    write_header_only,
+)
 
+from diffsynth_l2p import convert
 from diffsynth_l2p.cli import main
-from diffsynth_l2p.convert import convert_latent_to_pixel, plan_conversion
+from diffsynth_l2p.convert import convert_latent_to_pixel, incomplete_blocks, plan_conversion
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS, Z_IMAGE_TURBO_DIT_HASH
-from diffsynth_l2p.registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered, l2p_dit_hash
+from diffsynth_l2p.registry import (
+    L2P_DIT_CLASS,
+    L2P_DIT_MODEL_NAME,
+    find_registered,
+    l2p_dit_hash,
+    meta_state_shapes,
+)
 from diffsynth_l2p.safetensors_io import read_headers, same_bits
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "z_image" / "L2P_convert_weight.py"
@@ -47,8 +61,7 @@ def listing(*directories) -> dict:
 
 
 def test_dry_run_on_a_real_size_stock_file_predicts_the_released_hash(tmp_path):
-    with torch.device("meta"):
-        shapes = {key: value.shape for key, value in ZImageDiT().state_dict().items()}
+    shapes = meta_state_shapes(ZImageDiT)
     standin = tmp_path / "diffusion_pytorch_model.safetensors"
     size, allocated = write_header_only(standin, shapes)
     if allocated > 100_000_000:
@@ -76,9 +89,7 @@ def test_dry_run_of_a_tiny_file_predicts_the_written_hash_and_writes_nothing(lat
 def test_copied_tensors_are_bit_identical_and_the_final_layer_is_gone(latent, converted):
     state, _ = latent
     report, output = converted
-    with torch.device("meta"):
-        expected = {key: value.shape for key, value in ZImageL2PDiT(**TINY).state_dict().items()}
-    assert {key: value.shape for key, value in output.items()} == expected
+    assert {key: tuple(value.shape) for key, value in output.items()} == meta_state_shapes(**TINY)
     assert not any(key.startswith("all_final_layer") or key == "all_x_embedder.2-1.weight" for key in output)
     copied = [key for key in output if not key.startswith(NEW_PREFIXES)]
     assert sorted(copied) == sorted(report.plan.copied) and len(copied) == len(state) - 6
@@ -162,6 +173,7 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(latent, converted, tmp_
     if case == "already converted":
         shards = [converted[0].output_path]
     elif case == "not a DiT":
+        shards = [str(tmp_path / "encoder.safetensors")]
         save_file({"encoder.weight": torch.zeros(2, 2)}, shards[0])
     elif case == "missing shard":
         os.remove(shards[1])
@@ -173,6 +185,75 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(latent, converted, tmp_
     with pytest.raises(error, match=message):
         convert_latent_to_pixel(shards, output)
     assert listing(tmp_path, out_dir) == before
+
+
+def _save_split(state: dict, directory: Path, groups: list) -> list:
+    """Save ``state`` as shards ``dit-0000K-of-0000N`` holding the given lists of keys."""
+    paths = []
+    for index, keys in enumerate(groups, start=1):
+        paths.append(str(directory / f"dit-{index:05d}-of-{len(groups):05d}.safetensors"))
+        save_file({key: state[key] for key in keys}, paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "split, given, left_out",
+    [
+        ("interleaved", [0], "dit-00002-of-00002"),  # each shard holds part of every block
+        ("contiguous", [0], "dit-00002-of-00002"),  # the first shard looks like a smaller, complete-ish DiT
+        ("contiguous", [1], "dit-00001-of-00002"),
+        ("three", [0, 2], "dit-00002-of-00003"),
+    ],
+)
+def test_a_shard_left_out_of_the_list_is_named(latent, tmp_path, split, given, left_out):
+    state, _ = latent
+    keys = list(state)
+    if split == "interleaved":
+        groups = [keys[0::2], keys[1::2]]
+    elif split == "contiguous":
+        groups = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    else:
+        groups = [keys[0::3], keys[1::3], keys[2::3]]
+    shards = _save_split(state, tmp_path, groups)
+    message = rf"The inputs lack \S*{left_out}\.safetensors, which the shard names .* pass every shard\. Details: "
+    with pytest.raises(ValueError, match=message):
+        convert_latent_to_pixel([shards[index] for index in given], tmp_path / "pixel.safetensors")
+    assert not (tmp_path / "pixel.safetensors").exists()
+
+
+def test_incomplete_blocks_suggest_a_left_out_shard_whatever_the_file_names(latent, tmp_path):
+    state, _ = latent
+    part = tmp_path / "part_a.safetensors"
+    save_file({key: value for index, (key, value) in enumerate(state.items()) if index % 2 == 0}, str(part))
+    with pytest.raises(ValueError, match=r"incomplete blocks \(layers\.0 lacks \d+ of 15 tensors.*left out"):
+        convert_latent_to_pixel([part], tmp_path / "pixel.safetensors")
+
+
+def test_incomplete_blocks_finds_partial_and_absent_blocks_only():
+    complete = (ZImageDiT, {}), (ZImageL2PDiT, TINY), (ZImageL2PDiT, L2P_CONFIGS["10k"].kwargs)
+    for model_class, kwargs in complete:
+        shapes = meta_state_shapes(model_class, **kwargs)
+        assert incomplete_blocks(list(shapes)) == [], model_class
+    shapes = meta_state_shapes(ZImageDiT)
+    per_refiner_block = sum(key.startswith("noise_refiner.0.") for key in shapes)
+    keys = [key for key in shapes if not key.startswith("layers.2.") and key != "noise_refiner.1.attention.to_q.weight"]
+    assert incomplete_blocks(keys) == [
+        f"noise_refiner.1 lacks 1 of {per_refiner_block} tensors",
+        "layers.2 is absent",
+    ]
+    assert incomplete_blocks([key for key in shapes if not key.startswith("layers.29.")]) == []  # 29 layers: complete
+
+
+@needs_proc_maps
+def test_a_failed_write_releases_the_source_while_the_error_is_alive(latent, tmp_path, monkeypatch):
+    state, _ = latent
+    shards = save_sharded(state, tmp_path)
+    monkeypatch.setattr(convert, "write_safetensors", failing_writer())
+    with pytest.raises(OSError, match="No space left") as error:
+        convert_latent_to_pixel(shards, tmp_path / "pixel.safetensors")
+    assert error.value.__traceback__ is not None  # its frames, and their locals, are still alive here
+    assert not any(is_mapped(shard) for shard in shards)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(shard) for shard in shards)
 
 
 def test_cli_convert_prints_the_summary_and_exits_2_on_bad_input(latent, tmp_path, capsys):

@@ -13,14 +13,9 @@ from diffsynth_l2p.cli import main
 from diffsynth_l2p.inspection import LATENT_LAYOUT, infer_dit_dims, inspect_checkpoint
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS, Z_IMAGE_TURBO_DIT_HASH
-from diffsynth_l2p.registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME
+from diffsynth_l2p.registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, meta_state_shapes
 
 TINY = L2P_CONFIGS["tiny"].kwargs
-
-
-def meta_shapes(model_class, **kwargs) -> dict:
-    with torch.device("meta"):
-        return {key: value.shape for key, value in model_class(**kwargs).state_dict().items()}
 
 
 def standin(path, shapes) -> str:
@@ -36,7 +31,7 @@ def tiny_l2p_state() -> dict:
 
 
 def test_released_1k_layout_is_recognised_instantly_from_the_header(tmp_path):
-    path = standin(tmp_path / "model-1k-merge.safetensors", meta_shapes(ZImageL2PDiT))
+    path = standin(tmp_path / "model-1k-merge.safetensors", meta_state_shapes())
     start = time.perf_counter()
     report = inspect_checkpoint(path)
     assert time.perf_counter() - start < 5  # 12 GB of (sparse) data is never read
@@ -54,7 +49,7 @@ def test_released_1k_layout_is_recognised_instantly_from_the_header(tmp_path):
 
 
 def test_stock_latent_dit_is_recognised_and_sent_to_convert(tmp_path):
-    report = inspect_checkpoint(standin(tmp_path / "turbo.safetensors", meta_shapes(ZImageDiT)))
+    report = inspect_checkpoint(standin(tmp_path / "turbo.safetensors", meta_state_shapes(ZImageDiT)))
     assert report.model_hash == Z_IMAGE_TURBO_DIT_HASH
     assert [entry["model_name"] for entry in report.registered] == ["z_image_dit"]
     assert report.kind == "latent" and report.layout.name == LATENT_LAYOUT and report.layout.exact

@@ -4,15 +4,17 @@ import hashlib
 import os
 import runpy
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_checkpoints import save_sharded, tiny_latent_state_dict
+from tiny_checkpoints import failing_writer, is_mapped, needs_proc_maps, save_sharded, tiny_latent_state_dict
 
+from diffsynth_l2p import merge
 from diffsynth_l2p.cli import main
-from diffsynth_l2p.merge import merge_checkpoints, plan_merge
+from diffsynth_l2p.merge import fuse_lora, merge_checkpoints, plan_merge
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, l2p_dit_hash
@@ -85,6 +87,60 @@ def test_merge_accepts_sharded_inputs(files, tmp_path):
     with pytest.warns(UserWarning):
         merge_checkpoints(file_a, shards, out)
     assert same_bits(load_file(str(out))["local_decoder.out_conv.weight"], step["local_decoder.out_conv.weight"])
+
+
+LORA_TARGET = "layers.0.attention.to_q"
+
+
+def write_lora(path: Path, full: dict, rank: int = 4) -> dict:
+    """A DiffSynth-format LoRA on one linear of ``full``, plus one full-rank head tensor (as ``lora:R`` saves)."""
+    generator = torch.Generator().manual_seed(1)
+    out_features, in_features = full[f"{LORA_TARGET}.weight"].shape
+    lora = {
+        f"{LORA_TARGET}.lora_A.weight": torch.randn(rank, in_features, generator=generator),
+        f"{LORA_TARGET}.lora_B.weight": torch.randn(out_features, rank, generator=generator),
+        "local_decoder.out_conv.weight": torch.randn(full["local_decoder.out_conv.weight"].shape, generator=generator),
+    }
+    save_file(lora, str(path))
+    return lora
+
+
+def test_fuse_lora_adds_b_times_a_and_overwrites_full_rank_tensors(files, tmp_path):
+    _, file_b, _, full = files
+    lora = write_lora(tmp_path / "lora.safetensors", full)
+    out = tmp_path / "fused.safetensors"
+    report = fuse_lora(tmp_path / "lora.safetensors", file_b, out)
+    fused = load_file(str(out))
+    key = f"{LORA_TARGET}.weight"
+    delta = lora[f"{LORA_TARGET}.lora_B.weight"].double() @ lora[f"{LORA_TARGET}.lora_A.weight"].double()
+    torch.testing.assert_close(fused[key].double(), full[key].double() + delta, rtol=1e-5, atol=1e-5)
+    assert same_bits(fused["local_decoder.out_conv.weight"], lora["local_decoder.out_conv.weight"])
+    untouched = [k for k in full if k not in (key, "local_decoder.out_conv.weight")]
+    assert all(same_bits(fused[k], full[k]) for k in untouched)
+    assert report.output_hash == l2p_dit_hash(**TINY) and set(report.plan.overwritten) == {
+        key,
+        "local_decoder.out_conv.weight",
+    }
+
+
+@needs_proc_maps
+@pytest.mark.parametrize("operation", ["merge", "fuse_lora"])
+def test_a_failed_write_releases_the_inputs_while_the_error_is_alive(files, tmp_path, monkeypatch, operation):
+    file_a, file_b, _, full = files
+    if operation == "fuse_lora":
+        file_a = tmp_path / "lora.safetensors"
+        write_lora(file_a, full)
+    monkeypatch.setattr(merge, "write_safetensors", failing_writer())
+    out = tmp_path / "out.safetensors"
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(OSError, match="No space left") as error, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shape-mismatch warning of `files`
+        (merge_checkpoints if operation == "merge" else fuse_lora)(file_a, file_b, out)
+    assert error.value.__traceback__ is not None  # its frames, and their locals, are still alive here
+    assert not is_mapped(file_b)  # the full (19.6 GB at 1K) checkpoint
+    # A step checkpoint is released too; a LoRA's own small tensors are still referenced by the failed frame.
+    assert is_mapped(file_a) == (operation == "fuse_lora")
+    assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file
 
 
 def _latent_file(tmp_path) -> Path:

@@ -1,17 +1,29 @@
 """Registration into DiffSynth: hashes, idempotency, detection and loading through DiffSynth's own loader."""
 
+import pytest
 import torch
 from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
-from diffsynth.core import ModelConfig, hash_model_file
+from diffsynth.core import ModelConfig, hash_model_file, hash_state_dict_keys
 from diffsynth.core.vram.layers import AutoWrappedModule
 from diffsynth.diffusion.base_pipeline import BasePipeline
 from diffsynth.models.model_loader import ModelPool
+from diffsynth.models.z_image_dit import ZImageDiT
 from safetensors.torch import save_file
+from tiny_checkpoints import write_header_only
 
 import diffsynth_l2p
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
-from diffsynth_l2p.registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, l2p_dit_hash, register_all, register_l2p_dit
+from diffsynth_l2p.pipelines.loading import native_size
+from diffsynth_l2p.registry import (
+    L2P_DIT_CLASS,
+    L2P_DIT_MODEL_NAME,
+    l2p_dit_hash,
+    meta_model,
+    meta_state_shapes,
+    register_all,
+    register_l2p_dit,
+)
 
 TINY = L2P_CONFIGS["tiny"].kwargs
 
@@ -82,3 +94,29 @@ def test_pipeline_loader_with_offload_wraps_convs(tmp_path):
     cap = [torch.randn(7, TINY["cap_feat_dim"])]
     with torch.no_grad():
         torch.testing.assert_close(managed(x, torch.tensor([500.0]), cap), plain(x, torch.tensor([500.0]), cap))
+
+
+def test_meta_helpers_build_without_memory_and_match_a_real_model():
+    model = meta_model(**TINY)
+    assert type(model) is ZImageL2PDiT and all(p.device.type == "meta" for p in model.parameters())
+    real = {key: tuple(value.shape) for key, value in ZImageL2PDiT(**TINY).state_dict().items()}
+    assert meta_state_shapes(**TINY) == real
+    assert meta_state_shapes(ZImageL2PDiT, **TINY) == real
+    latent = meta_model(ZImageDiT, n_layers=2)
+    assert type(latent) is ZImageDiT and len(latent.layers) == 2
+    assert hash_state_dict_keys(meta_model().state_dict()) == L2P_CONFIGS["1k"].published_hash
+
+
+@pytest.mark.parametrize("name", ["tiny", "1k", "4k", "unknown"])
+def test_native_size_comes_from_the_registered_config(tmp_path, name):
+    path = tmp_path / f"{name}.safetensors"
+    if name == "unknown":
+        save_file({"some.weight": torch.zeros(2)}, str(path))
+        expected = (1024, 1024)
+    else:
+        config = L2P_CONFIGS[name]
+        _, allocated = write_header_only(path, meta_state_shapes(**config.kwargs))
+        if allocated > 100_000_000:
+            pytest.skip("this filesystem has no sparse files")
+        expected = (config.default_height, config.default_width)
+    assert native_size(str(path)) == expected

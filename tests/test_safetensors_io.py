@@ -1,13 +1,16 @@
-"""Header-only reads, validation of damaged files, streaming writes and the atomic-output guard."""
+"""Header-only reads, validation of damaged files, streaming writes, closing, and the atomic-output guard."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from diffsynth.core import hash_state_dict_keys
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny_checkpoints import is_mapped, needs_proc_maps
 
+from diffsynth_l2p.atomic import atomic_open
 from diffsynth_l2p.safetensors_io import (
     SafetensorsCheckpoint,
     TensorInfo,
@@ -56,6 +59,27 @@ def test_shards_read_as_one_checkpoint_and_duplicate_keys_are_refused(tmp_path):
     save_file({"a.bias": state["a.bias"]}, str(tmp_path / "dup.safetensors"))
     with pytest.raises(ValueError, match="a.bias.*dup.safetensors"):
         read_headers([first, second, tmp_path / "dup.safetensors"])
+
+
+@needs_proc_maps
+def test_checkpoint_unmaps_its_files_on_close_and_tensors_read_before_stay_valid(tmp_path):
+    state = mixed_state()
+    first, second = tmp_path / "s1.safetensors", tmp_path / "s2.safetensors"
+    save_file({k: state[k] for k in ("a.weight", "steps")}, str(first))
+    save_file({k: state[k] for k in ("a.bias", "mask", "half")}, str(second))
+    with SafetensorsCheckpoint([first, second]) as checkpoint:
+        assert is_mapped(first) and is_mapped(second)
+        weight = checkpoint["a.weight"]
+    assert same_bits(weight, state["a.weight"])  # a tensor read before closing keeps its own part of the mapping
+    del weight
+    assert not is_mapped(first) and not is_mapped(second)  # though `checkpoint` is still referenced
+    with pytest.raises(Exception, match="closed"):
+        checkpoint["a.bias"]
+    assert set(checkpoint) == set(state)  # the header stays readable
+
+    checkpoint = SafetensorsCheckpoint(first)
+    checkpoint.close()
+    assert not is_mapped(first)
 
 
 def test_missing_file_is_named(tmp_path):
@@ -135,6 +159,39 @@ def test_atomic_output_replaces_only_on_success_and_leaves_no_temp_files(tmp_pat
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"new"
     assert os.listdir(target.parent) == ["model.safetensors"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+@pytest.mark.parametrize("writer", ["atomic_output", "atomic_open"])
+def test_file_is_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch, writer):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source, destination):
+        events.append(("replace", os.path.realpath(source), os.path.realpath(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "model.safetensors"
+    if writer == "atomic_output":
+        with atomic_output(target) as temp_path:
+            Path(temp_path).write_bytes(b"weights")
+    else:
+        with atomic_open(target, "wb") as file:
+            file.write(b"weights")
+    assert target.read_bytes() == b"weights"
+    temp = events[0][1]
+    assert os.path.dirname(temp) == os.path.realpath(tmp_path) and temp != os.path.realpath(target)
+    assert events == [
+        ("fsync", temp),
+        ("replace", temp, os.path.realpath(target)),
+        ("fsync", os.path.realpath(tmp_path)),
+    ]
 
 
 def test_output_equal_to_an_input_is_refused_however_it_is_spelled(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
+import pytest
 import torch
 from diffsynth.models.z_image_dit import ZImageDiT
 from safetensors.torch import save_file
@@ -63,3 +64,23 @@ def write_header_only(path: Path, shapes: Dict[str, Sequence[int]], dtype: str =
     os.truncate(path, 8 + len(encoded) + offset)
     stat = os.stat(path)
     return stat.st_size, stat.st_blocks * 512
+
+
+def is_mapped(path) -> bool:
+    """True while this process has ``path`` memory-mapped (Linux ``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        return os.path.realpath(path) in maps.read()
+
+
+def failing_writer(after: int = 2) -> Callable:
+    """A ``write_safetensors`` stand-in that reads ``after`` tensors, then fails like a full disk."""
+
+    def write(path, layout: Mapping, fetch: Callable, *args, **kwargs) -> None:
+        for key in list(layout)[:after]:
+            fetch(key)
+        raise OSError(28, "No space left on device")
+
+    return write
+
+
+needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")

@@ -82,6 +82,5 @@ L2P_TINY = L2PConfig(
 
 L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}
 
-# Hashes of the stock latent Z-Image files (DiffSynth registry facts), used to recognise them.
+# Hash of the stock latent Z-Image DiT file (a DiffSynth registry fact), used to recognise it.
 Z_IMAGE_TURBO_DIT_HASH = "fc3a8a1247fe185ce116ccbe0e426c28"
-Z_IMAGE_TEXT_ENCODER_HASH = "0f050f62a88876fea6eae0a18dac5a2e"

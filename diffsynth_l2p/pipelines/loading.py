@@ -8,7 +8,7 @@ import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
 from ..models.configs import L2P_CONFIGS
-from ..registry import L2P_DIT_MODEL_NAME, find_registered, l2p_dit_hash
+from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered
 from ..tiny import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
 from .z_image_l2p import ZImageL2PPipeline
 
@@ -90,11 +90,13 @@ def resolve_model_files(model: ModelSpec = None) -> ModelFiles:
 
 
 def native_size(dit_path: str) -> Tuple[int, int]:
-    """The (height, width) a named L2P configuration was made for; 1024x1024 for unknown checkpoints."""
-    model_hash = hash_model_file(dit_path)
-    for config in L2P_CONFIGS.values():
-        if model_hash == (config.published_hash or l2p_dit_hash(**config.kwargs)):
-            return config.default_height, config.default_width
+    """The (height, width) the named L2P configuration registered under the file's hash was made for, else 1024x1024."""
+    for entry in find_registered(hash_model_file(dit_path)):
+        if entry["model_class"] != L2P_DIT_CLASS:
+            continue
+        for config in L2P_CONFIGS.values():
+            if entry.get("extra_kwargs", {}) == config.kwargs:
+                return config.default_height, config.default_width
     return 1024, 1024
 
 
