@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Low-VRAM L2P training on one GPU (< 24 GB): captions are encoded once and the text encoder is freed
-# (--cache_text_embeddings), the AdamW states live on the CPU (DeepSpeed ZeRO-2 optimizer offload), and
-# gradient accumulation over 8 micro-batches matches the release's 8-GPU batch. `l2p train --dry-run`
-# prints the memory table behind these settings. Extra arguments are passed on (e.g. --resume latest).
+# (--cache_text_embeddings), the fp32 master weights and AdamW states live on the CPU (DeepSpeed ZeRO-2
+# optimizer offload, ~38 GiB of host RAM for the release preset), and gradient accumulation over 8
+# micro-batches matches the release's 8-GPU batch. `l2p train --dry-run` prints the memory table behind
+# these settings. Extra arguments are passed on (e.g. --resume latest).
 set -euo pipefail
 
 DATASET=data/l2p_corpus            # images + metadata.csv with image,prompt,seed (e.g. from `l2p synthesize`)

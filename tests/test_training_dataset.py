@@ -49,6 +49,28 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
     assert "row 2 ('gone.png')" in dataset.skipped[0] and "row 3 ('broken.png')" in dataset.skipped[1]
 
 
+def test_csv_with_byte_order_mark(tmp_path):
+    # Spreadsheet programs save "CSV UTF-8" with a BOM, which would otherwise end up in the first column's name.
+    write_images(tmp_path, [(32, 32)])
+    (tmp_path / "metadata.csv").write_bytes("image,prompt,seed\nimg0.png,ein Würfel,3\n".encode("utf-8-sig"))
+    dataset = L2PImageDataset(str(tmp_path))
+    assert dataset[0]["prompt"] == "ein Würfel" and dataset[0]["seed"] == 3
+
+
+def test_malformed_json_names_the_line(tmp_path):
+    write_images(tmp_path, [(32, 32)])
+    good = json.dumps({"image": "img0.png", "prompt": "a", "seed": 1})
+    (tmp_path / "metadata.jsonl").write_text(f"{good}\n\n{good}\n{{'image': 'img0.png'}}\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl line 4 is not valid JSON"):
+        L2PImageDataset(str(tmp_path))
+    (tmp_path / "metadata.jsonl").unlink()
+    (tmp_path / "metadata.json").write_text(f"[\n{good},\n{good} {good}\n]\n")
+    with pytest.raises(
+        ValueError, match=rf"metadata.json line 3 column {len(good) + 2} is not valid JSON \(Expecting ','"
+    ):
+        L2PImageDataset(str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "header, rows, message",
     [

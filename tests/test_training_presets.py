@@ -1,10 +1,11 @@
 """Trainable-set presets and the --dry-run memory table, checked at the real 1K config on the meta device."""
 
+import math
+
 import pytest
-import torch
 
 from diffsynth_l2p.models.configs import L2P_CONFIGS
-from diffsynth_l2p.models.z_image_l2p_dit import ZImageL2PDiT
+from diffsynth_l2p.registry import meta_model
 from diffsynth_l2p.training.memory import dry_run, memory_report
 from diffsynth_l2p.training.presets import resolve_trainable
 
@@ -14,20 +15,15 @@ BLOCK_1K = 180_910_336
 RELEASE_TRAINABLE = TOTAL_1K - 20 * BLOCK_1K  # layers.5 .. layers.24 frozen
 
 
-def meta_model(config: str) -> ZImageL2PDiT:
-    with torch.device("meta"):
-        return ZImageL2PDiT(**L2P_CONFIGS[config].kwargs)
-
-
 @pytest.fixture(scope="module")
 def real():
-    model = meta_model("1k")
+    model = meta_model(**L2P_CONFIGS["1k"].kwargs)
     return model, {name: p.numel() for name, p in model.named_parameters()}
 
 
 @pytest.fixture(scope="module")
 def tiny_names():
-    return [name for name, _ in meta_model("tiny").named_parameters()]
+    return [name for name, _ in meta_model(**L2P_CONFIGS["tiny"].kwargs).named_parameters()]
 
 
 def test_release_preset_at_real_config(real):
@@ -84,11 +80,25 @@ def test_bad_presets(tiny_names, preset, patterns, message):
 def test_memory_report_release_hand_computed(real):
     model, sizes = real
     report = memory_report(model, resolve_trainable(sizes, "release"))
-    assert (report.trainable, report.frozen) == (2_548_257_795, 3_618_206_720)
-    bf16, fp32 = report.rows
-    assert (bf16.weights, bf16.gradients, bf16.optimizer) == (12_332_929_030, 5_096_515_590, 10_193_031_180)
-    assert (fp32.weights, fp32.gradients, fp32.optimizer) == (24_665_858_060, 10_193_031_180, 20_386_062_360)
-    assert bf16.gpu_total == 27_622_475_800 and bf16.gpu_total_optimizer_offload == 17_429_444_620
+    trained, frozen = 2_548_257_795, 3_618_206_720
+    assert (report.trainable, report.frozen) == (trained, frozen)
+    total = trained + frozen
+    # (weights, grads, optimizer on each GPU, host RAM) from the documented bytes per parameter:
+    expected = [
+        # fp32: 4-byte weights; fp32 grads; AdamW exp_avg + exp_avg_sq in fp32.
+        (4 * total, 4 * trained, 8 * trained, 0),
+        # bf16 autocast: frozen bf16, trainable fp32 with fp32 grads and AdamW states.
+        (2 * frozen + 4 * trained, 4 * trained, 8 * trained, 0),
+        # DeepSpeed ZeRO-2 bf16: bf16 weights and grads, fp32 master + m + v.
+        (2 * total, 2 * trained, 12 * trained, 0),
+        # ... on 8 GPUs each holds a 1/8 partition (elements rounded up) of the grads and optimizer states.
+        (2 * total, 2 * math.ceil(trained / 8), 12 * math.ceil(trained / 8), 0),
+        # ... with the optimizer on the CPU: master + m + v and an fp32 gradient copy in host RAM.
+        (2 * total, 2 * trained, 0, 16 * trained),
+    ]
+    assert [(r.weights, r.gradients, r.optimizer, r.cpu) for r in report.rows] == expected
+    low_vram = report.rows[-1]
+    assert low_vram.gpu_total == 12_332_929_030 + 5_096_515_590 < 24 * 10**9
 
 
 def test_memory_report_lora_hand_computed(real):
@@ -106,7 +116,12 @@ def test_dry_run_table_at_real_config():
     table = dry_run("1k", "release")
     assert "trainable 2,548,257,795 (2.55B, 41.3%)" in table
     assert "total 6,166,464,515 (6.17B)" in table
-    # GiB columns: weights, grads, AdamW, GPU total, GPU with optimizer offload, CPU optimizer.
-    assert "bf16       11.49      4.75      9.49       25.73                 16.23       9.49" in table
-    assert "fp32       22.97      9.49     18.99       51.45                 32.46      18.99" in table
+    # GiB: weights, grads, optimizer, GPU total, CPU RAM. ZeRO-2 bf16 on 1 GPU: 2 B/param of 6.17B = 11.49,
+    # 2 B/trainable = 4.75, 12 B/trainable = 28.48; on 8 GPUs grads and optimizer are 1/8 of that.
+    rows = {line.split("  ")[1].strip(): line.split()[-5:] for line in table.splitlines() if line.count(".") >= 5}
+    assert rows["fp32, torch AdamW"] == ["22.97", "9.49", "18.99", "51.45", "0.00"]
+    assert rows["bf16 autocast, fp32 trainable + AdamW"] == ["16.23", "9.49", "18.99", "44.71", "0.00"]
+    assert rows["DeepSpeed ZeRO-2 bf16, 1 GPU"] == ["11.49", "4.75", "28.48", "44.71", "0.00"]
+    assert rows["DeepSpeed ZeRO-2 bf16, 8 GPUs (train_run.sh)"] == ["11.49", "0.59", "3.56", "15.64", "0.00"]
+    assert rows["ZeRO-2 bf16 + CPU optimizer, 1 GPU (low VRAM)"] == ["11.49", "4.75", "0.00", "16.23", "37.97"]
     assert "text encoder: 4,022,468,096 params, 7.49 GiB" in table

@@ -4,7 +4,12 @@ import os
 import random
 
 from PIL import Image, ImageDraw
+from safetensors.torch import save_file
 
+from diffsynth_l2p.models.configs import L2P_CONFIGS
+from diffsynth_l2p.models.z_image_l2p_dit import ZImageL2PDiT
+from diffsynth_l2p.registry import register_l2p_dit
+from diffsynth_l2p.tiny import init_weights
 from diffsynth_l2p.training.trainer import TrainConfig, train
 
 COLORS = {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -31,3 +36,13 @@ def run(tmp_path, dataset, model, **overrides) -> dict:
     settings = dict(max_steps=2, save_steps=2, learning_rate=1e-3, use_gradient_checkpointing=False)
     settings.update(overrides)
     return train(TrainConfig(dataset=dataset, output_path=str(tmp_path), model=model, **settings))
+
+
+def write_deep_dit(path, n_layers: int, seed: int = 0) -> str:
+    """A random tiny-width L2P DiT with ``n_layers`` main blocks (registered with DiffSynth), saved to ``path``."""
+    kwargs = dict(L2P_CONFIGS["tiny"].kwargs, n_layers=n_layers)
+    register_l2p_dit(**kwargs)
+    model = ZImageL2PDiT(**kwargs)
+    init_weights(model, seed)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    return str(path)

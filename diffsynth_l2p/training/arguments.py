@@ -2,11 +2,15 @@
 
 import argparse
 import json
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 from .presets import PRESET_HELP
 
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
+
 LOG_FORMATS = ("csv", "tensorboard")
+NOISE_MODES = ("seed", "fresh")  # per-image seeded noise (the release) or fresh draws from the run's generator
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +51,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     optim.add_argument("--batch_size", type=int, default=1, help="images per micro-batch and process (same size)")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--noise", choices=("seed", "fresh"), default="seed", help="per-image seeded or fresh noise")
+    optim.add_argument("--noise", choices=NOISE_MODES, default="seed", help="per-image seeded or fresh noise")
     optim.add_argument("--shift", type=float, default=3.0, help="training schedule shift (release: 3)")
     optim.add_argument("--num_timesteps", type=int, default=500, help="training schedule length (release: 500)")
     optim.add_argument("--seed", type=int, default=0, help="seed of data order, timesteps and fresh noise")
@@ -82,7 +86,7 @@ def _model_paths(args: argparse.Namespace) -> Optional[Union[str, List[str]]]:
     return paths[0] if paths and len(paths) == 1 else paths
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     """A ``TrainConfig`` from parsed ``add_train_arguments`` options."""
     from dataclasses import fields
 

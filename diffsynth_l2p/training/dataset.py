@@ -47,14 +47,25 @@ def find_metadata(folder: str) -> str:
     raise FileNotFoundError(f"No metadata in {folder!r}: add one of {names} with columns image,prompt,seed.")
 
 
+def _parse_json(text: str, path: str, line: Optional[int] = None) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {line}" if line is not None else f"line {error.lineno} column {error.colno}"
+        raise ValueError(f"{path} {where} is not valid JSON ({error.msg}); fix or remove it.") from None
+
+
 def read_metadata(path: str) -> List[Dict[str, str]]:
-    """Rows of a ``.csv``, ``.jsonl`` or ``.json`` (list of objects) metadata file, as dicts."""
-    with open(path, encoding="utf-8", newline="") as file:
+    """Rows of a ``.csv``, ``.jsonl`` or ``.json`` (list of objects) metadata file, as dicts.
+
+    Files may start with a UTF-8 byte-order mark (as spreadsheet programs write them).
+    """
+    with open(path, encoding="utf-8-sig", newline="") as file:
         if path.endswith(".csv"):
             return list(csv.DictReader(file))
         if path.endswith(".jsonl"):
-            return [json.loads(line) for line in file if line.strip()]
-        return json.load(file)
+            return [_parse_json(line, path, number) for number, line in enumerate(file, start=1) if line.strip()]
+        return _parse_json(file.read(), path)
 
 
 def resolve_columns(columns: Sequence[str], require_seed: bool) -> Dict[str, Optional[str]]:

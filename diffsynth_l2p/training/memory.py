@@ -1,34 +1,64 @@
-"""``l2p train --dry-run``: parameter counts and training memory of a preset, computed on the meta device."""
+"""``l2p train --dry-run``: parameter counts and training memory of a preset, computed on the meta device.
+
+Memory model, in bytes per parameter (activations and communication buckets excluded):
+
+- fp32 (``mixed_precision: no``, CPU runs): every weight 4; per trainable parameter a 4-byte gradient and torch
+  AdamW's fp32 ``exp_avg`` + ``exp_avg_sq`` (8).
+- bf16 autocast without DeepSpeed (``training/precision.py``): frozen weights 2; trainable weights fp32 (4) with
+  a 4-byte gradient and 8 bytes of AdamW states. DDP keeps all of it on every GPU.
+- DeepSpeed ZeRO-2 bf16 (the shipped accelerate configs): every weight 2 (bf16); per trainable parameter a bf16
+  gradient (2) and fp32 master weight + ``exp_avg`` + ``exp_avg_sq`` (12). ZeRO-2 partitions the gradients and
+  the 12 optimizer bytes over the N GPUs (2 + 14/N per trainable parameter on each GPU).
+- ZeRO-2 with ``offload_optimizer_device: cpu``: the GPU keeps the bf16 weights and gradients; host RAM holds
+  the 12 optimizer bytes plus DeepSpeed's fp32 gradient copy (4) per trainable parameter.
+"""
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from .presets import TrainableSet, resolve_trainable
 
-DTYPE_BYTES: Dict[str, int] = {"bf16": 2, "fp32": 4}
-ADAMW_STATES = 2  # exp_avg and exp_avg_sq, kept in the parameter's dtype by torch.optim.AdamW
 GIB = 1024**3
+BF16_BYTES = 2
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Bytes per parameter of one way to run the optimizer (see the module docstring)."""
+
+    name: str
+    frozen_weight: int
+    trainable_weight: int
+    gradient: int
+    optimizer: int
+    num_gpus: int = 1  # > 1: ZeRO-2, gradients and optimizer states split over the GPUs
+    optimizer_on_cpu: bool = False
+
+
+SETUPS = (
+    TrainingSetup("fp32, torch AdamW", 4, 4, 4, 8),
+    TrainingSetup("bf16 autocast, fp32 trainable + AdamW", 2, 4, 4, 8),
+    TrainingSetup("DeepSpeed ZeRO-2 bf16, 1 GPU", 2, 2, 2, 12),
+    TrainingSetup("DeepSpeed ZeRO-2 bf16, 8 GPUs (train_run.sh)", 2, 2, 2, 12, num_gpus=8),
+    TrainingSetup("ZeRO-2 bf16 + CPU optimizer, 1 GPU (low VRAM)", 2, 2, 2, 12 + 4, optimizer_on_cpu=True),
+)
 
 
 @dataclass(frozen=True)
 class MemoryRow:
-    """Bytes for one parameter dtype (weights, gradients and AdamW states all in that dtype)."""
+    """Bytes of one setup: on each GPU (weights, gradients, optimizer states) and in host RAM."""
 
-    dtype: str
+    setup: str
     weights: int
     gradients: int
     optimizer: int
+    cpu: int
 
     @property
     def gpu_total(self) -> int:
         return self.weights + self.gradients + self.optimizer
-
-    @property
-    def gpu_total_optimizer_offload(self) -> int:
-        """GPU bytes when the AdamW states live on the CPU (they then take ``optimizer`` bytes of host RAM)."""
-        return self.weights + self.gradients
 
 
 @dataclass(frozen=True)
@@ -52,18 +82,25 @@ def lora_parameter_count(model: torch.nn.Module, trainable: TrainableSet) -> int
     )
 
 
+def memory_row(setup: TrainingSetup, num_trainable: int, num_frozen: int) -> MemoryRow:
+    """Per-GPU and host-RAM bytes of ``setup`` for the given parameter counts."""
+    weights = num_frozen * setup.frozen_weight + num_trainable * setup.trainable_weight
+    partition = -(-num_trainable // setup.num_gpus)  # trainable elements whose grads and states one GPU keeps
+    gradients, optimizer = partition * setup.gradient, partition * setup.optimizer
+    if setup.optimizer_on_cpu:
+        return MemoryRow(setup.name, weights, gradients, 0, optimizer)
+    return MemoryRow(setup.name, weights, gradients, optimizer, 0)
+
+
 def memory_report(
     model: torch.nn.Module, trainable: TrainableSet, text_encoder: Optional[torch.nn.Module] = None
 ) -> MemoryReport:
-    """Counts and per-dtype bytes of weights, gradients and AdamW states for ``trainable`` on ``model``."""
+    """Counts and, for every setup in ``SETUPS``, the bytes of weights, gradients and optimizer states."""
     sizes = {name: param.numel() for name, param in model.named_parameters()}
     lora = lora_parameter_count(model, trainable)
     num_trainable = sum(sizes[name] for name in trainable.full_rank) + lora
     num_frozen = sum(sizes.values()) + lora - num_trainable
-    rows = [
-        MemoryRow(dtype, (num_trainable + num_frozen) * size, num_trainable * size, ADAMW_STATES * num_trainable * size)
-        for dtype, size in DTYPE_BYTES.items()
-    ]
+    rows = [memory_row(setup, num_trainable, num_frozen) for setup in SETUPS]
     encoder = sum(p.numel() for p in text_encoder.parameters()) if text_encoder is not None else None
     return MemoryReport(trainable.spec, num_trainable, num_frozen, rows, encoder)
 
@@ -75,22 +112,26 @@ def format_report(report: MemoryReport, config_name: str) -> str:
         return f"{num_bytes / GIB:.2f}"
 
     share = report.trainable / report.total
+    width = max(len(row.setup) for row in report.rows) + 2
     lines = [
         f"L2P DiT config {config_name!r}, preset {report.spec!r} (meta device, no weights loaded)",
         f"  trainable {report.trainable:,} ({report.trainable / 1e9:.2f}B, {share:.1%})  frozen {report.frozen:,}  "
         f"total {report.total:,} ({report.total / 1e9:.2f}B)",
-        "  memory in GiB, excluding activations (gradient checkpointing keeps those small):",
-        f"  {'dtype':<6}{'weights':>10}{'grads':>10}{'AdamW':>10}{'GPU total':>12}{'GPU w/ optim offload':>22}"
-        f"{'CPU optim':>11}",
+        "  memory per GPU in GiB, excluding activations (gradient checkpointing keeps those small):",
+        f"  {'setup':<{width}}{'weights':>9}{'grads':>9}{'optim':>9}{'GPU total':>11}{'CPU RAM':>9}",
     ]
     for row in report.rows:
         lines.append(
-            f"  {row.dtype:<6}{gib(row.weights):>10}{gib(row.gradients):>10}{gib(row.optimizer):>10}"
-            f"{gib(row.gpu_total):>12}{gib(row.gpu_total_optimizer_offload):>22}{gib(row.optimizer):>11}"
+            f"  {row.setup:<{width}}{gib(row.weights):>9}{gib(row.gradients):>9}{gib(row.optimizer):>9}"
+            f"{gib(row.gpu_total):>11}{gib(row.cpu):>9}"
         )
+    lines += [
+        "  bytes per trainable param: autocast 4 weight + 4 grad + 8 AdamW; ZeRO-2 2 weight + 2 grad + 12 fp32",
+        "  master/m/v, grads and optim split over the GPUs; CPU optimizer: those 12 + a 4-byte fp32 grad in CPU RAM",
+    ]
     if report.text_encoder is not None:
         lines.append(
-            f"  text encoder: {report.text_encoder:,} params, {gib(report.text_encoder * DTYPE_BYTES['bf16'])} GiB in "
+            f"  text encoder: {report.text_encoder:,} params, {gib(report.text_encoder * BF16_BYTES)} GiB in "
             "bf16 on the GPU while encoding; 0 during training with --cache_text_embeddings"
         )
     return "\n".join(lines)
@@ -101,12 +142,11 @@ def dry_run(config_name: str = "1k", preset: Optional[str] = None, patterns: Opt
     from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 
     from ..models.configs import L2P_CONFIGS
-    from ..models.z_image_l2p_dit import ZImageL2PDiT
+    from ..registry import meta_model
 
     if config_name not in L2P_CONFIGS:
         raise ValueError(f"Unknown config {config_name!r}; choose one of {', '.join(L2P_CONFIGS)}.")
-    with torch.device("meta"):
-        model = ZImageL2PDiT(**L2P_CONFIGS[config_name].kwargs)
-        text_encoder = ZImageTextEncoder() if config_name != "tiny" else None
+    model = meta_model(**L2P_CONFIGS[config_name].kwargs)
+    text_encoder = meta_model(ZImageTextEncoder) if config_name != "tiny" else None
     trainable = resolve_trainable((name for name, _ in model.named_parameters()), preset, patterns)
     return format_report(memory_report(model, trainable, text_encoder), config_name)

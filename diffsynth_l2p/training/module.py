@@ -1,9 +1,12 @@
 """The L2P training module: DiffSynth's ``DiffusionTrainingModule`` around a ``ZImageL2PPipeline``.
 
-Loss: DiffSynth's flow-matching SFT loss (``FlowMatchSFTLoss``: x_t = (1-σ)·x0 + σ·ε, target ε - x0, MSE times the
-scheduler's training weight), with the noise and timestep drawn per image instead of from the global RNG, so that
-noise can be seeded by each image's ``seed`` (the release: the source model's own noise for that image) and a run is
-exactly reproducible. Timesteps are uniform over the training schedule (500 steps, shift 3 in the release).
+Loss: DiffSynth's flow-matching SFT loss (``FlowMatchSFTLoss``: x_t = (1-σ)·x0 + σ·ε, target ε - x0, MSE) without the
+scheduler's training weight, as in the release (its loss leaves the weight out), and with the noise and timestep
+drawn per image instead of from the global RNG, so that noise can be seeded by each image's ``seed`` and a run is
+exactly reproducible. Seeded noise is what this pipeline
+draws for that seed at the image's pixel shape; the source model drew latent-shaped noise from the same seed, a
+different tensor, so it is tied to the image by seed only. Timesteps are uniform over the training schedule (500
+steps, shift 3 in the release).
 """
 
 import hashlib
@@ -19,9 +22,8 @@ from tqdm import tqdm
 
 from ..pipelines.z_image_l2p import ZImageL2PPipeline
 from ..safetensors_io import atomic_output
+from .arguments import NOISE_MODES
 from .presets import TrainableSet
-
-NOISE_MODES = ("seed", "fresh")
 
 
 def prompt_key(prompt: str) -> str:
@@ -109,7 +111,9 @@ class L2PTrainingModule(DiffusionTrainingModule):
         dtype = self.pipe.torch_dtype
         return self.pipe.generate_noise(shape, seed=int(seed), rand_device="cpu", rand_torch_dtype=dtype)
 
-    def draw_noise(self, images: torch.Tensor, seeds: Sequence[Optional[int]], generator: torch.Generator):
+    def draw_noise(
+        self, images: torch.Tensor, seeds: Sequence[Optional[int]], generator: torch.Generator
+    ) -> torch.Tensor:
         """Per-image noise: from the image's seed (as the pipeline draws it for that seed) or from ``generator``."""
         shape = (1, *images.shape[1:])
         if self.noise == "seed":
@@ -135,6 +139,4 @@ class L2PTrainingModule(DiffusionTrainingModule):
             use_gradient_checkpointing=self.use_gradient_checkpointing,
         )
         target = scheduler.training_target(x0, noise, timesteps)
-        per_image = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean((1, 2, 3))
-        weights = torch.stack([scheduler.training_weight(t) for t in timesteps]).to(per_image.device)
-        return (per_image * weights).mean()
+        return torch.nn.functional.mse_loss(prediction.float(), target.float())

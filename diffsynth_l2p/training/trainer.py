@@ -6,6 +6,7 @@ of its own (same optimizer, same DiffSynth training module and loggers). Every r
 model, optimizer, LR scheduler and RNG state, so ``--resume`` continues a run exactly.
 """
 
+import contextlib
 import itertools
 import json
 import math
@@ -15,20 +16,26 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..atomic import atomic_open
 from ..safetensors_io import atomic_output, read_headers
-from .arguments import LOG_FORMATS
+from .arguments import LOG_FORMATS, NOISE_MODES
 from .dataset import L2PImageDataset, bucket_batches, collate
-from .presets import resolve_trainable
+from .precision import PrecisionPlan, cast_trainable, precision_plan
+from .presets import TrainableSet, resolve_trainable
+
+if TYPE_CHECKING:
+    from ..pipelines.loading import ModelFiles
+    from ..pipelines.z_image_l2p import ZImageL2PPipeline
+    from .module import L2PTrainingModule
 
 STATE_DIR = "state"
 TEXT_CACHE_FILE = "text_embeddings.safetensors"
@@ -87,7 +94,7 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(config, name)}.")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError(f"--max_steps must be a positive integer, got {config.max_steps}.")
-    if config.noise not in ("seed", "fresh"):
+    if config.noise not in NOISE_MODES:
         raise ValueError(f"--noise must be 'seed' (per-image seed, the release) or 'fresh', got {config.noise!r}.")
     if config.log is not None and config.log not in LOG_FORMATS:
         raise ValueError(f"--log must be one of {', '.join(LOG_FORMATS)}, got {config.log!r}.")
@@ -186,7 +193,10 @@ def make_optimizer(accelerator: Accelerator, model: torch.nn.Module, config: Tra
     return torch.optim.AdamW(params, **options)
 
 
-def load_training_pipeline(config: TrainConfig, device: torch.device, dtype: torch.dtype):
+def load_training_pipeline(
+    config: TrainConfig, device: torch.device, dtype: torch.dtype
+) -> Tuple["ZImageL2PPipeline", TrainableSet, "ModelFiles"]:
+    """The pipeline in ``dtype`` on ``device``, the resolved trainable set and the model files."""
     from ..pipelines.loading import load_pipeline, resolve_model_files
 
     files = resolve_model_files(config.model)
@@ -195,14 +205,20 @@ def load_training_pipeline(config: TrainConfig, device: torch.device, dtype: tor
     return load_pipeline(files, device=device, torch_dtype=dtype), trainable, files
 
 
-def build_training_module(config: TrainConfig, accelerator: Accelerator, prompts: Sequence[str]):
-    """Load the pipeline (bf16 on GPU, fp32 on CPU), cache caption embeddings if asked, wrap it for training."""
+def training_precision(accelerator: Accelerator) -> PrecisionPlan:
+    """The run's dtypes from the accelerate config's ``mixed_precision`` and whether DeepSpeed drives it."""
+    return precision_plan(accelerator.mixed_precision, accelerator.distributed_type == DistributedType.DEEPSPEED)
+
+
+def build_training_module(
+    config: TrainConfig, accelerator: Accelerator, prompts: Sequence[str], plan: PrecisionPlan
+) -> "L2PTrainingModule":
+    """Load the pipeline in the plan's dtype, cache caption embeddings if asked, wrap it for training."""
     from .module import L2PTrainingModule, cache_text_embeddings
 
-    # Mixed precision comes from the accelerate config; multi-CPU ranks report "cpu:N", which loaders reject.
-    on_cpu = accelerator.device.type == "cpu"
-    device, dtype = (torch.device("cpu"), torch.float32) if on_cpu else (accelerator.device, torch.bfloat16)
-    pipe, trainable, files = load_training_pipeline(config, device, dtype)
+    # Multi-CPU ranks report "cpu:N", which DiffSynth's loaders reject.
+    device = torch.device("cpu") if accelerator.device.type == "cpu" else accelerator.device
+    pipe, trainable, files = load_training_pipeline(config, device, plan.load_dtype)
     text_cache = None
     if config.cache_text_embeddings:
         text_cache = os.path.join(config.output_path, TEXT_CACHE_FILE)
@@ -211,9 +227,11 @@ def build_training_module(config: TrainConfig, accelerator: Accelerator, prompts
         pipe.text_encoder = None  # never needed again: its memory is free for training
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return L2PTrainingModule(
+    module = L2PTrainingModule(
         pipe, trainable, config.noise, config.shift, config.num_timesteps, config.use_gradient_checkpointing, text_cache
     )
+    cast_trainable(module, plan.trainable_dtype)  # frozen weights stay in the load dtype
+    return module
 
 
 def train(config: TrainConfig) -> dict:
@@ -227,7 +245,8 @@ def train(config: TrainConfig) -> dict:
         total = len(dataset.skipped) + len(dataset)
         print(f"Skipped {len(dataset.skipped)} of {total} rows:", *dataset.skipped, sep="\n  ")
     state_dir = find_state(config.output_path, config.resume) if config.resume else None
-    model = build_training_module(config, accelerator, dataset.prompts)
+    plan = training_precision(accelerator)
+    model = build_training_module(config, accelerator, dataset.prompts, plan)
     trainable = model.trainable
 
     world, accum = accelerator.num_processes, config.gradient_accumulation_steps
@@ -242,7 +261,11 @@ def train(config: TrainConfig) -> dict:
     if state_dir:
         accelerator.load_state(state_dir)
     if accelerator.is_main_process:
-        run_info = asdict(config) | {"trainable_resolved": trainable.spec, "world_size": world}
+        run_info = asdict(config) | {
+            "trainable_resolved": trainable.spec,
+            "world_size": world,
+            "precision": asdict(plan),
+        }
         with atomic_open(os.path.join(config.output_path, "training_args.json")) as file:
             json.dump(run_info, file, indent=2, default=str)
 
@@ -268,7 +291,8 @@ def train(config: TrainConfig) -> dict:
             # Every draw (timesteps, fresh noise) depends only on (seed, global micro-batch): resumable, per rank.
             generator = torch.Generator().manual_seed((config.seed << 32) + (state.step * accum + micro) * world + rank)
             with accelerator.accumulate(model):
-                loss = model(next(batches), generator)
+                with accelerator.autocast() if plan.autocast else contextlib.nullcontext():
+                    loss = model(next(batches), generator)
                 accelerator.backward(loss)
                 optimizer.step()
                 lr_scheduler.step()
