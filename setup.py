@@ -10,7 +10,7 @@ setup(
     # `diffsynth.pipelines` ships only the one-line `z_image_L2P.py` re-export, so that
     # `from diffsynth.pipelines.z_image_L2P import ZImagePipeline` works with stock DiffSynth.
     packages=find_packages(include=["diffsynth_l2p", "diffsynth_l2p.*"]) + ["diffsynth.pipelines"],
-    package_data={"diffsynth_l2p": ["assets/**/*"]},
+    package_data={"diffsynth_l2p.tiny_world": ["assets/**/*"]},
     include_package_data=True,
     install_requires=[
         "diffsynth>=2.1.12,<2.2",

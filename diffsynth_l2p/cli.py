@@ -431,6 +431,59 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tiny_world(sub) -> None:
+    parser = sub.add_parser(
+        "tiny-world",
+        help="the shapes-world teacher: train it, or score a model with ShapeEval",
+        description="The CPU-scale shapes world (DESIGN C): train the latent teacher, or run ShapeEval on a model.",
+    )
+    verbs = parser.add_subparsers(dest="tiny_world_command", metavar="VERB")
+    verbs.required = True
+    teacher = verbs.add_parser("teacher", help="train the tiny latent teacher (autoencoder + ZImageDiT) from scratch")
+    teacher.add_argument("--out", required=True, help="new (or empty) directory for the teacher's files")
+    teacher.add_argument("--ae-steps", type=int, default=2000, help="autoencoder steps (default: 2000)")
+    teacher.add_argument("--dit-steps", type=int, default=1000, help="DiT steps, batch 128 (default: 1000)")
+    teacher.add_argument("--dataset-size", type=int, default=20000, help="training images (default: 20000)")
+    teacher.add_argument("--seed", type=int, default=0, help="seed of data, init and noise (default: 0)")
+    teacher.set_defaults(func=_run_tiny_world_teacher)
+    evaluate = verbs.add_parser(
+        "eval", help="ShapeEval accuracy on the held-out prompts of a teacher (latent) or L2P student directory"
+    )
+    evaluate.add_argument("--model", default=None, help="teacher or L2P model directory (default: shipped teacher)")
+    evaluate.add_argument("--seeds", type=int, default=2, help="images per prompt (default: 2)")
+    evaluate.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    evaluate.add_argument("--cfg", type=float, default=2.0, help="CFG scale (default: 2.0)")
+    evaluate.set_defaults(func=_run_tiny_world_eval)
+
+
+def _run_tiny_world_teacher(args: argparse.Namespace) -> int:
+    import json
+
+    from .tiny_world.teacher import train_teacher
+
+    summary = train_teacher(args.out, args.ae_steps, args.dit_steps, args.dataset_size, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_tiny_world_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .tiny_world.shape_eval import evaluate_pipeline
+    from .tiny_world.teacher import DIT_FILE, load_teacher
+
+    if args.model is None or (Path(args.model) / DIT_FILE).is_file():
+        pipe = load_teacher(args.model)
+    else:
+        from .pipelines.loading import load_pipeline
+
+        pipe = load_pipeline(args.model)
+    report = evaluate_pipeline(pipe, seeds=tuple(range(args.seeds)), num_inference_steps=args.steps, cfg_scale=args.cfg)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2p",
@@ -447,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompts(sub)
     _add_demo(sub)
     _add_train(sub)
+    _add_tiny_world(sub)
     return parser
 
 
