@@ -76,12 +76,12 @@ def _cast_file(path: Path, dtype: torch.dtype) -> None:
 def reproduce_student(
     out_dir: Union[str, os.PathLike],
     work_dir: Union[str, os.PathLike],
-    num_images: int = 2000,
-    synthesis_steps: int = 12,
+    num_images: int = 1200,
+    synthesis_steps: int = 10,
     cfg_scale: float = 2.0,
-    train_steps: int = 600,
+    train_steps: int = 400,
     batch_size: int = 32,
-    learning_rate: float = 5e-4,
+    learning_rate: float = 1e-3,
     preset: str = "release",
     eval_seeds: Sequence[int] = (0, 1),
     eval_steps: int = 20,
@@ -159,7 +159,7 @@ def reproduce_student(
         training = train(config)
         seconds["training"] = time.perf_counter() - start
 
-        merge_checkpoints(str(init), training["checkpoint"], staging / DIT_FILE)
+        merge_checkpoints(training["checkpoint"], str(init), staging / DIT_FILE)
         _cast_file(staging / DIT_FILE, save_dtype)
         shutil.copytree(teacher_dir / TEXT_ENCODER_DIR, staging / TEXT_ENCODER_DIR)
         shutil.copytree(teacher_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
@@ -183,6 +183,7 @@ def reproduce_student(
             "synthesis_steps": synthesis_steps,
             "cfg_scale": cfg_scale,
             "train_steps": training["steps"],
+            "train_steps_this_run": training["steps_this_run"],
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "preset": preset,
@@ -222,11 +223,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=reproduce_student.__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("work_dir")
-    parser.add_argument("--images", type=int, default=2000, help="teacher corpus size")
-    parser.add_argument("--synthesis_steps", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=600, help="student training steps")
+    parser.add_argument("--images", type=int, default=1200, help="teacher corpus size")
+    parser.add_argument("--synthesis_steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=400, help="student training steps")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--preset", default="release")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)")
     args = parser.parse_args(argv)
