@@ -9,14 +9,13 @@ until trained tiny weights ship; its images are textures, not pictures of the pr
 import functools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Union
 
 import torch
 from safetensors.torch import save_file
 
+from .atomic import atomic_directory
 from .models.configs import L2P_CONFIGS
 from .models.text_encoder import Qwen3TextEncoder, register_text_encoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
@@ -149,13 +148,7 @@ def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str,
     Layout: ``l2p-dit.safetensors``, ``text_encoder/model.safetensors``, ``tokenizer/``.
     Returns ``{"dit": file, "text_encoder": [file], "tokenizer": dir}``.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new directory for the tiny model set.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    staging.chmod(out_dir.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would stick to out_dir
-    try:
+    with atomic_directory(out_dir, "the tiny model set") as staging:
         dit = ZImageL2PDiT(**L2P_CONFIGS["tiny"].kwargs)
         init_weights(dit, seed)
         _save_safetensors(dit, staging / DIT_FILE)
@@ -166,13 +159,6 @@ def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str,
         _save_safetensors(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors")
 
         save_tokenizer(build_tokenizer(), staging / TOKENIZER_DIR)
-        try:
-            os.replace(staging, out_dir)  # an empty out_dir is replaced; a non-empty one (a racing build) is not
-        except OSError as error:
-            raise FileExistsError(f"{out_dir} appeared while building the tiny model set.") from error
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return tiny_model_files(out_dir)
 
 

@@ -15,7 +15,6 @@ The resulting model set is laid out like ``build_tiny_l2p``'s output (``l2p-dit.
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..atomic import atomic_directory
 from ..tiny import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
 from .shapes import sample_scene
 from .teacher import ASSETS_DIR as TEACHER_DIR
@@ -50,15 +50,6 @@ def teacher_source(source_model: Sequence[str] = (), device: str = "cpu", torch_
     if len(source_model) > 1:
         raise ValueError("The tiny-world teacher is one directory; pass at most one --source_model.")
     return load_teacher(source_model[0] if source_model else None, device=device)
-
-
-def _stage(out_dir: Path) -> Path:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new directory for the student.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    staging.chmod(out_dir.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would stick to out_dir
-    return staging
 
 
 def _cast_file(path: Path, dtype: torch.dtype) -> None:
@@ -109,9 +100,8 @@ def reproduce_student(
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir is not None else TEACHER_DIR
     work_dir.mkdir(parents=True, exist_ok=True)
-    staging = _stage(out_dir)
     seconds: Dict[str, float] = {}
-    try:
+    with atomic_directory(out_dir, "the student") as staging:
         start = time.perf_counter()
         prompt_file = work_dir / PROMPTS_FILE
         write_prompts(training_records(num_images, seed), str(prompt_file))
@@ -198,10 +188,6 @@ def reproduce_student(
             "bytes": {path.name: path.stat().st_size for path in sorted(staging.rglob("*.safetensors"))},
         }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 

@@ -29,6 +29,7 @@ from diffsynth.models.z_image_dit import ZImageDiT
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..atomic import atomic_directory
 from ..models.configs import L2P_CONFIGS
 from ..registry import register_model
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
@@ -277,13 +278,7 @@ def train_teacher(
     """
     from ..tiny import build_tiny_l2p
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new directory for the teacher.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    staging.chmod(out_dir.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would stick to out_dir
-    try:
+    with atomic_directory(out_dir, "the teacher") as staging:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tiny_dir:
             tiny_files = build_tiny_l2p(Path(tiny_dir) / "tiny", seed=TEXT_ENCODER_SEED)
@@ -319,8 +314,4 @@ def train_teacher(
             "bytes": {path.name: path.stat().st_size for path in sorted(staging.glob("*.safetensors"))},
         }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
