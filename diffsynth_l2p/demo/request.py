@@ -83,26 +83,33 @@ class GenerationRequest:
         return GenerationRequest(**{**asdict(self), "seed": self.image_seeds()[index], "num_images": 1})
 
 
-def _integer(name: str, value: Any) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}.") from None
-    if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}.")
+def _in_range(name: str, value: Any, number: float, low: float, high: float, step: int | None = None) -> None:
+    """``number`` (``value`` as the client sent it) must lie in ``[low, high]``, on the ``step`` grid from ``low``."""
+    if not low <= number <= high or (step is not None and (number - low) % step):  # NaN compares false: refused
+        steps = f" in steps of {step}" if step is not None else ""
+        raise ValueError(f"{name} {value} is out of range: it must be between {low} and {high}{steps}.")
+
+
+def _integer(name: str, value: Any, low: int, high: int, step: int | None = None) -> int:
+    """A whole number in range: ints stay exact however large, whole floats and numeric text are converted."""
+    number = value
+    if not isinstance(value, int) or isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, bool) or number is None or not number.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}.")
+    _in_range(name, value, number, low, high, step)
     return int(number)
 
 
-def _number(name: str, value: Any) -> float:
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """A finite number in range (checked before converting, so huge ints cannot overflow)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}.")
+    _in_range(name, value, value, low, high)
     return float(value)
-
-
-def _in_range(name: str, value: float, low: float, high: float, step: int | None = None) -> None:
-    if not low <= value <= high or (step is not None and (value - low) % step):
-        steps = f" in steps of {step}" if step is not None else ""
-        raise ValueError(f"{name} {value} is out of range: it must be between {low} and {high}{steps}.")
 
 
 def validate_request(
@@ -128,20 +135,13 @@ def validate_request(
             raise ValueError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
     if not prompt.strip():
         raise ValueError("The prompt is empty; describe the image to generate.")
-    request = GenerationRequest(
+    return GenerationRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
-        steps=_integer("steps", steps),
-        cfg_scale=_number("CFG scale", cfg_scale),
-        width=_integer("width", width),
-        height=_integer("height", height),
-        seed=_integer("seed", seed),
-        num_images=_integer("number of images", num_images),
+        steps=_integer("steps", steps, limits.min_steps, limits.max_steps),
+        cfg_scale=_number("CFG scale", cfg_scale, limits.min_cfg, limits.max_cfg),
+        width=_integer("width", width, limits.min_size, limits.max_size, limits.size_step),
+        height=_integer("height", height, limits.min_size, limits.max_size, limits.size_step),
+        seed=_integer("seed", seed, 0, MAX_SEED),
+        num_images=_integer("number of images", num_images, 1, limits.max_images),
     )
-    _in_range("steps", request.steps, limits.min_steps, limits.max_steps)
-    _in_range("CFG scale", request.cfg_scale, limits.min_cfg, limits.max_cfg)
-    _in_range("width", request.width, limits.min_size, limits.max_size, limits.size_step)
-    _in_range("height", request.height, limits.min_size, limits.max_size, limits.size_step)
-    _in_range("seed", request.seed, 0, MAX_SEED)
-    _in_range("number of images", request.num_images, 1, limits.max_images)
-    return request
