@@ -1,8 +1,10 @@
-"""Shared by the demo tests: loopback-only networking, free ports, model arguments and ``/generate`` calls."""
+"""Shared by the demo tests: loopback-only networking, free ports, model arguments, /generate calls, held workers."""
 
 import contextlib
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 
 TIMEOUT = 120
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROMPT = "a red circle left of a blue square"
 
 
 @contextlib.contextmanager
@@ -42,11 +45,69 @@ def model_args(files: dict) -> list:
     return ["--model", files["dit"], *files["text_encoder"], files["tokenizer"]]
 
 
+def generate_args(seed=0, randomize=False, width=64, height=64, steps=2, cfg=2.0, num_images=1) -> list:
+    """The /generate inputs: prompt, negative prompt, steps, cfg, width, height, seed, random seed, number of images."""
+    return [PROMPT, "", steps, cfg, width, height, seed, randomize, num_images]
+
+
 def submit_generate(client, seed: int, randomize: bool = False, width: int = 64, height: int = 64, steps: int = 2):
-    """One /generate call: prompt, negative, steps, cfg, width, height, seed, random seed, number of images."""
-    return client.submit(
-        "a red circle left of a blue square", "", steps, 2.0, width, height, seed, randomize, 1, api_name="/generate"
-    )
+    """One /generate call through ``gradio_client``."""
+    return client.submit(*generate_args(seed, randomize, width, height, steps), api_name="/generate")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def submit_in_order(client, seeds: Sequence[int]) -> list:
+    """One /generate job per seed, each submitted once the server has taken the previous one (queued or running)."""
+    from gradio_client.utils import Status
+
+    jobs = []
+    for seed in seeds:
+        jobs.append(submit_generate(client, seed))
+        wait_until(lambda: jobs[-1].status().code not in (Status.STARTING, Status.JOINING_QUEUE))
+    return jobs
+
+
+class HeldWorkers:
+    """Holds every request at the start of sampling until `release`, recording ``(worker, seed)`` as each starts."""
+
+    def __init__(self, workers: Sequence):
+        self.started: list[tuple[str, int]] = []
+        self._released = threading.Event()
+        self._workers = {worker: worker.pipe for worker in workers}
+        for worker, pipe in self._workers.items():
+            worker.pipe = self._held(worker.name, pipe)
+
+    def _held(self, name: str, pipe: Callable) -> Callable:
+        def held_pipe(**kwargs):
+            self.started.append((name, kwargs["seed"]))
+            assert self._released.wait(TIMEOUT)
+            return pipe(**kwargs)
+
+        return held_pipe
+
+    def release(self) -> None:
+        self._released.set()
+
+    def restore(self) -> None:
+        """Release the held requests and give the workers their own pipelines back."""
+        self.release()
+        for worker, pipe in self._workers.items():
+            worker.pipe = pipe
+
+
+@contextlib.contextmanager
+def held_workers(workers: Sequence) -> Iterator[HeldWorkers]:
+    held = HeldWorkers(workers)
+    try:
+        yield held
+    finally:
+        held.restore()
 
 
 def pixels(result) -> np.ndarray:

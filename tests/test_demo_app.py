@@ -25,6 +25,11 @@ def _loopback():
         yield
 
 
+def offline_env(**extra: str) -> dict:
+    """The environment of an ``app.py`` subprocess: no downloads, no Hub."""
+    return {**os.environ, "DIFFSYNTH_SKIP_DOWNLOAD": "True", "HF_HUB_OFFLINE": "1", **extra}
+
+
 def test_defaults_bind_loopback_on_23231_without_share_or_auth():
     for args in (build_parser().parse_args([]), build_cli_parser().parse_args(["demo"])):
         assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 23231, False, None)
@@ -45,6 +50,7 @@ def test_configuration_errors_exit_2_before_loading(capsys):
         (["--devices", "gpu7"], "'gpu7' is not a device"),
         (["--min-size", "512", "--max-size", "256"], "--min-size 512 must be positive and at most --max-size 256"),
         (["--auth", "nopassword"], "--auth must be USER:PASSWORD"),
+        (["--max-queue", "0"], "--max-queue must be >= 1, got 0"),
         (["--model", "/nonexistent/model"], "Model paths not found: /nonexistent/model"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -57,7 +63,7 @@ def test_app_py_without_arguments_serves_the_tiny_model_on_127_0_0_1_23231(tmp_p
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", 23231)) == 0:
             pytest.skip("port 23231 is already in use on this machine")
-    env = {**os.environ, "L2P_HOME": str(tmp_path / "home"), "DIFFSYNTH_SKIP_DOWNLOAD": "True", "HF_HUB_OFFLINE": "1"}
+    env = offline_env(L2P_HOME=str(tmp_path / "home"))
     log = tmp_path / "app.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -1,15 +1,15 @@
-"""A demo worker: the tiny pipeline turned into PNG files, one request at a time, and output pruning."""
+"""Demo workers: the tiny pipeline turned into PNG files, the pool that lends them out, and output pruning."""
 
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from diffsynth_l2p.demo.request import GenerationRequest
-from diffsynth_l2p.demo.worker import PipelineWorker, png_parameters, prune_outputs
+from diffsynth_l2p.demo.worker import PipelineWorker, WorkerPool, png_parameters, prune_outputs
 from diffsynth_l2p.generate import read_png_parameters
 
 
@@ -52,24 +52,32 @@ def test_progress_bar_command_sees_every_step(worker):
     assert len(seen) == 3 and seen == sorted(seen, reverse=True)
 
 
-def test_a_second_request_on_a_busy_worker_is_refused(worker):
-    entered, release = threading.Event(), threading.Event()
+def test_the_pool_lends_each_worker_to_one_request_at_a_time_first_idle_first():
+    pool = WorkerPool(["cpu#0", "cpu#1"])  # the pool only hands its workers around
 
-    def slow_progress(timesteps):
-        entered.set()
-        assert release.wait(30)
-        yield from timesteps
+    def take_one() -> str:
+        with pool.take() as worker:
+            return worker
 
-    request = GenerationRequest("a red circle", steps=1, width=64, height=64)
-    thread = threading.Thread(target=worker.generate, args=(request, slow_progress))
-    thread.start()
-    try:
-        assert entered.wait(30)
-        with pytest.raises(RuntimeError, match="already generating"):
-            worker.generate(request)
-    finally:
-        release.set()
-        thread.join(30)
+    with ThreadPoolExecutor(1) as executor, pool.take() as first:
+        with pool.take() as second:
+            assert (first, second) == ("cpu#0", "cpu#1")
+            waiting = executor.submit(take_one)
+            time.sleep(0.2)
+            assert not waiting.done(), "no worker is idle: the third request must wait"
+        assert waiting.result(timeout=30) == "cpu#1"
+    with pool.take() as worker:  # idle in the order they came back: cpu#1, then cpu#0
+        assert worker == "cpu#1"
+
+
+def test_a_worker_whose_request_failed_goes_back_to_the_pool():
+    pool = WorkerPool(["cpu#0"])
+    with pytest.raises(RuntimeError, match="device lost"), pool.take():
+        raise RuntimeError("device lost")
+    with pool.take() as worker:
+        assert worker == "cpu#0"
+    with pytest.raises(ValueError, match="at least one worker"):
+        WorkerPool([])
 
 
 def test_prune_removes_only_old_pngs(tmp_path):

@@ -1,1 +1,1 @@
-"""The Gradio demo: a pool of pipeline workers (GPUs or CPU) behind a bounded FIFO queue (``app.py``, ``l2p demo``)."""
+"""The Gradio demo (``app.py``, ``l2p demo``): pipeline workers on GPUs or the CPU behind Gradio's bounded queue."""

@@ -1,4 +1,4 @@
-"""Command-line options of the demo, and the server that owns the workers, the dispatcher and the Gradio app."""
+"""Command-line options of the demo, and the server that owns the workers and the Gradio app."""
 
 import argparse
 import logging
@@ -37,7 +37,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--workers-per-device", type=int, default=1, help="pipelines per device (default 1)")
     parser.add_argument(
-        "--max-queue", type=int, default=16, help="requests that may wait for a worker; more are refused as busy"
+        "--max-queue", type=int, default=16, help="requests that may wait for a worker (>= 1); more are refused as busy"
     )
     parser.add_argument(
         "--max-size",
@@ -83,15 +83,14 @@ class DemoServer:
 
         from ..pipelines.loading import native_size, resolve_model_files
         from .devices import resolve_devices, resolve_dtype, worker_devices, worker_names
-        from .dispatcher import Dispatcher
         from .request import size_limits
         from .ui import UISettings, build_ui
-        from .worker import REQUEST_ERRORS, PipelineWorker
+        from .worker import PipelineWorker, WorkerPool
 
         self.args = args
         self.auth = parse_auth(args.auth)
-        if args.max_queue < 0:
-            raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}.")
+        if args.max_queue < 1:
+            raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}.")
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         files = resolve_model_files(model)
         model_label = Path(files["dit"]).name if args.model else "tiny (default)"  # no server paths in the page
@@ -111,11 +110,9 @@ class DemoServer:
             # The model's size step is known once a pipeline is loaded: check the sizes before loading the others.
             limits = size_limits(workers[0].pipe.height_division_factor, native, args.min_size, args.max_size)
             workers += [load(index) for index in range(1, len(devices))]
-            self.dispatcher = Dispatcher(
-                workers, args.max_queue, names=[w.name for w in workers], request_errors=REQUEST_ERRORS
-            )
-            self.settings = UISettings(limits, limits.clamp_size(native), model_label)
-            self.blocks = build_ui(self.dispatcher, self.settings)
+            self.pool = WorkerPool(workers)
+            self.settings = UISettings(limits, limits.clamp_size(native), model_label, max_queue=args.max_queue)
+            self.blocks = build_ui(self.pool, self.settings)
         except BaseException:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             raise
@@ -131,7 +128,6 @@ class DemoServer:
             server_port=self.args.port,
             share=self.args.share,
             auth=self.auth,
-            max_threads=self.dispatcher.num_workers + self.args.max_queue + 8,
             allowed_paths=[str(self.output_dir)],
             prevent_thread_lock=True,
             show_error=True,
@@ -143,8 +139,7 @@ class DemoServer:
         return self.url
 
     def close(self) -> None:
-        """Refuse new requests, let running ones finish, stop the web server and delete the output files."""
-        self.dispatcher.shutdown(timeout=60)
+        """Stop the web server and delete the output files."""
         self.blocks.close(verbose=False)
         shutil.rmtree(self.output_dir, ignore_errors=True)
         logger.info("demo stopped")

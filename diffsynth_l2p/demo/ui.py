@@ -1,4 +1,4 @@
-"""The demo's Gradio page and its ``/generate`` API: validation, dispatch to a worker, progress and results."""
+"""The demo's Gradio page and its ``/generate`` API, on Gradio's queue: validation, a worker, progress, results."""
 
 import random
 from collections.abc import Callable
@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from .dispatcher import Dispatcher, NoWorkerError, PoolStatus, QueueFullError
 from .request import MAX_SEED, GenerationRequest, Limits, validate_request
-from .worker import GeneratedImage, PipelineWorker
+from .worker import GeneratedImage, WorkerPool
 
 EXAMPLES = [
     "a red circle left of a blue square",
@@ -25,14 +24,7 @@ class UISettings:
     default_steps: int = 30
     default_cfg: float = 2.0
     default_seed: int = 42
-
-
-def status_text(status: PoolStatus) -> str:
-    """One line: which workers are busy, which were retired, and how full the queue is."""
-    states = [f"`{w.name}` {'retired' if w.retired else 'busy' if w.busy else 'idle'}" for w in status.workers]
-    return (
-        f"Workers {status.busy}/{status.active} busy: {' · '.join(states)} — queue {status.queued}/{status.max_queue}"
-    )
+    max_queue: int = 16  # requests that may wait for a worker; Gradio refuses more as "queue is full"
 
 
 def image_record(image: GeneratedImage) -> dict:
@@ -44,8 +36,8 @@ def caption(request: GenerationRequest) -> str:
     return f"seed {request.seed} · {request.steps} steps · CFG {request.cfg_scale:g} · {request.width}x{request.height}"
 
 
-def make_generate_fn(dispatcher: Dispatcher[PipelineWorker], limits: Limits) -> Callable:
-    """The ``/generate`` handler: validate, wait for a worker, sample with a live progress bar, return the results."""
+def make_generate_fn(pool: WorkerPool, limits: Limits) -> Callable:
+    """The ``/generate`` handler: validate, sample on an idle worker with a live progress bar, return the results."""
 
     def generate(
         prompt: str,
@@ -71,22 +63,20 @@ def make_generate_fn(dispatcher: Dispatcher[PipelineWorker], limits: Limits) -> 
         def sampling_bar(timesteps):
             return progress.tqdm(timesteps, desc="Sampling", unit="steps")
 
-        progress(0, desc="Waiting for a free worker")
-        try:
-            images = dispatcher.run(lambda worker: worker.generate(request, progress_bar_cmd=sampling_bar))
-        except (QueueFullError, NoWorkerError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        except Exception as error:
-            raise gr.Error(f"Generation failed: {error}") from error
+        with pool.take() as worker:
+            try:
+                images = worker.generate(request, progress_bar_cmd=sampling_bar)
+            except Exception as error:  # the device's or the pipeline's: this request fails, the server serves on
+                raise gr.Error(f"Generation failed on worker {worker.name}: {error}") from error
         gallery = [(str(image.path), caption(image.request)) for image in images]
         files = [str(image.path) for image in images]
-        return gallery, [image_record(image) for image in images], files, request.seed, status_text(dispatcher.status())
+        return gallery, [image_record(image) for image in images], files, request.seed
 
     return generate
 
 
-def build_ui(dispatcher: Dispatcher[PipelineWorker], settings: UISettings) -> gr.Blocks:
-    """The page: controls on the left, results (gallery, parameters, PNG downloads) and worker status on the right."""
+def build_ui(pool: WorkerPool, settings: UISettings) -> gr.Blocks:
+    """The page: controls on the left, results on the right; Gradio's bounded queue runs one request per worker."""
     limits = settings.limits
     with gr.Blocks(title="L2P Z-Image", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(f"# L2P: pixel-space Z-Image\nModel: `{settings.model_label}`")
@@ -113,16 +103,12 @@ def build_ui(dispatcher: Dispatcher[PipelineWorker], settings: UISettings) -> gr
                 gallery = gr.Gallery(label="Results", format="png", columns=2, elem_id="gallery")
                 parameters = gr.JSON(label="Parameters", open=True)
                 files = gr.File(label="PNG files (parameters in their metadata)", file_count="multiple")
-                status = gr.Markdown(status_text(dispatcher.status()), elem_id="status")
         generate_button.click(
-            make_generate_fn(dispatcher, limits),
+            make_generate_fn(pool, limits),
             inputs=[prompt, negative_prompt, steps, cfg_scale, width, height, seed, randomize_seed, num_images],
-            outputs=[gallery, parameters, files, seed, status],
+            outputs=[gallery, parameters, files, seed],
             api_name="generate",
             preprocess=False,  # raw values reach `validate_request`, whose errors name the field and its range
-            concurrency_limit=None,  # the dispatcher queues and bounds requests
+            concurrency_limit=len(pool.workers),  # so a request that leaves the queue always finds an idle worker
         )
-        gr.Timer(1.0).tick(
-            lambda: status_text(dispatcher.status()), outputs=status, queue=False, api_visibility="private"
-        )
-    return demo
+    return demo.queue(max_size=settings.max_queue)

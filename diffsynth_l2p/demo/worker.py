@@ -1,10 +1,11 @@
-"""One demo worker: a pipeline on one device that turns a `GenerationRequest` into PNG files."""
+"""Demo workers: a pipeline on one device that turns a `GenerationRequest` into PNG files, and the pool of idle ones."""
 
+import contextlib
 import logging
-import threading
+import queue
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,9 @@ from tqdm import tqdm
 from ..generate import save_png
 from ..pipelines.loading import ModelFiles, load_pipeline
 from ..pipelines.z_image_l2p import default_sigma_shift
-from . import dispatcher
 from .request import GenerationRequest
 
 logger = logging.getLogger(__name__)
-
-# Failures caused by the request, not the worker (invalid values, more memory than the device has free): the dispatcher
-# never holds them against the worker.
-REQUEST_ERRORS = (*dispatcher.REQUEST_ERRORS, torch.OutOfMemoryError)
 
 # Results stay downloadable this long; Gradio keeps its own copies in its cache (cleaned by `delete_cache`).
 OUTPUT_TTL_SECONDS = 3600.0
@@ -58,14 +54,13 @@ def prune_outputs(directory: Path, max_age_seconds: float = OUTPUT_TTL_SECONDS) 
 
 
 class PipelineWorker:
-    """Owns one pipeline; the dispatcher guarantees one request at a time, the lock enforces it."""
+    """Owns one pipeline; `WorkerPool` lends it to one request at a time."""
 
     def __init__(self, name: str, pipe, model_label: str, output_dir: Path):
         self.name = name
         self.pipe = pipe
         self.model_label = model_label
         self.output_dir = Path(output_dir)
-        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -86,14 +81,12 @@ class PipelineWorker:
 
     def generate(self, request: GenerationRequest, progress_bar_cmd: Callable = tqdm) -> list[GeneratedImage]:
         """Run the pipeline for ``request`` and save one PNG per image, its parameters in the metadata."""
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError(f"worker {self.name} is already generating; the dispatcher must not double-book it.")
-        try:
-            start = time.perf_counter()
-            images = self.pipe(**request.pipeline_kwargs(), rand_device="cpu", progress_bar_cmd=progress_bar_cmd)
-            seconds = time.perf_counter() - start
-        finally:
-            self._lock.release()
+        logger.info(
+            "worker %s: seed %d, %d steps, %dx%d", self.name, request.seed, request.steps, request.width, request.height
+        )
+        start = time.perf_counter()
+        images = self.pipe(**request.pipeline_kwargs(), rand_device="cpu", progress_bar_cmd=progress_bar_cmd)
+        seconds = time.perf_counter() - start
         images = images if isinstance(images, list) else [images]
         prune_outputs(self.output_dir)
         results = []
@@ -104,3 +97,24 @@ class PipelineWorker:
             save_png(image, path, parameters)
             results.append(GeneratedImage(path, single, parameters, self.name, seconds))
         return results
+
+
+class WorkerPool:
+    """The idle workers, first idle first lent: Gradio's queue admits at most ``len(workers)`` requests at a time."""
+
+    def __init__(self, workers: Sequence[PipelineWorker]):
+        if not workers:
+            raise ValueError("The demo needs at least one worker.")
+        self.workers = list(workers)
+        self._idle: queue.Queue[PipelineWorker] = queue.Queue()
+        for worker in self.workers:
+            self._idle.put(worker)
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[PipelineWorker]:
+        """Lend an idle worker for one request (waiting if none is idle) and take it back afterwards, failed or not."""
+        worker = self._idle.get()
+        try:
+            yield worker
+        finally:
+            self._idle.put(worker)
