@@ -1,11 +1,13 @@
 """Shared by the demo tests: loopback-only networking, free ports, model arguments, /generate calls, held workers."""
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -71,6 +73,18 @@ def submit_in_order(client, seeds: Sequence[int]) -> list:
         jobs.append(submit_generate(client, seed))
         wait_until(lambda: jobs[-1].status().code not in (Status.STARTING, Status.JOINING_QUEUE))
     return jobs
+
+
+def call_raw(url: str, data: list) -> tuple[str, object]:
+    """POST ``data`` to /generate as raw JSON (NaN and Infinity allowed), return the first event and its payload."""
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        body = json.dumps({"data": data})
+        response = http.post("gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
+        response.raise_for_status()
+        lines = http.get(f"gradio_api/call/generate/{response.json()['event_id']}").text.splitlines()
+    event = next(line.removeprefix("event: ") for line in lines if line.startswith("event: "))
+    payload = next(line.removeprefix("data: ") for line in lines if line.startswith("data: "))
+    return event, json.loads(payload)
 
 
 class HeldWorkers:

@@ -2,6 +2,7 @@
 
 import collections
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from diffsynth_l2p.registry import register_l2p_dit
 from diffsynth_l2p.tiny import init_weights
 from tests.demo_helpers import (
     TIMEOUT,
+    call_raw,
     free_port,
+    generate_args,
     held_workers,
     loopback_only,
     model_args,
@@ -112,6 +115,46 @@ def test_png_download_carries_the_parameters(client, tiny_model_set):
 def test_client_gets_a_clear_error_for_out_of_range_values(client, width, height, steps, message):
     with pytest.raises(AppError, match=f"Invalid request: {message}"):
         submit_generate(client, seed=1, width=width, height=height, steps=steps).result(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": 10**9}, "steps 1000000000 is out of range: it must be between 1 and 100."),
+        ({"steps": 1e308}, "steps 1e+308 is out of range"),
+        ({"cfg": 10**400}, f"CFG scale {10**400} is out of range"),
+        ({"width": 10**6}, "width 1000000 is out of range"),
+        ({"height": 2**63}, f"height {2**63} is out of range"),
+        ({"num_images": 10**6}, "number of images 1000000 is out of range: it must be between 1 and 4."),
+        ({"cfg": math.nan}, "CFG scale nan is out of range: it must be between 0.1 and 10.0."),
+        ({"cfg": math.inf}, "CFG scale inf is out of range"),
+        ({"cfg": -math.inf}, "CFG scale -inf is out of range"),
+        ({"steps": math.inf}, "steps must be a whole number, got inf."),
+        ({"seed": -1}, f"seed -1 is out of range: it must be between 0 and {MAX_SEED}."),
+        ({"seed": 2**64}, f"seed {2**64} is out of range"),
+        ({"seed": 10**40}, f"seed {10**40} is out of range"),
+        ({"seed": "12abc"}, "seed must be a whole number, got '12abc'."),
+        ({"seed": None}, "seed must be a whole number, got None."),
+        ({"steps": None}, "steps must be a whole number, got None."),
+        ({"cfg": None}, "CFG scale must be a number, got None."),
+    ],
+)
+def test_absurd_api_values_get_a_clear_validation_error(live_server, changes, message):
+    event, payload = call_raw(live_server.url, generate_args(**changes))
+    assert event == "error" and payload["error"].startswith(f"Invalid request: {message}"), payload
+
+
+def test_missing_fields_get_an_error_and_the_server_serves_on(live_server, client):
+    event, payload = call_raw(live_server.url, generate_args()[:3])
+    assert event == "error"
+    assert payload["error"].startswith(
+        "An event handler (generate) didn't receive enough input values (needed: 9, got: 3)"
+    )
+    with pytest.raises(TypeError, match="No value provided for required argument: negative_prompt"):
+        client.predict(generate_args()[0], api_name="/generate")  # refused by gradio_client before sending
+    event, payload = call_raw(live_server.url, [None] * 9)
+    assert (event, payload["error"]) == ("error", "Invalid request: The prompt must be text, got NoneType.")
+    assert submit_generate(client, seed=7).result(timeout=TIMEOUT)[1][0]["seed"] == 7
 
 
 def test_a_failing_device_fails_its_own_requests_and_the_server_serves_on(live_server, client, monkeypatch):
