@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from diffsynth_l2p.cli import build_parser as build_cli_parser
+from diffsynth_l2p.cli import main as cli_main
 from diffsynth_l2p.demo.server import build_parser, main, parse_auth
 from diffsynth_l2p.generate import read_png_parameters
-from tests.demo_helpers import TIMEOUT, loopback_only, pixels, submit_generate
+from tests.demo_helpers import TIMEOUT, loopback_only, model_args, pixels, submit_generate
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -57,6 +58,26 @@ def test_configuration_errors_exit_2_before_loading(capsys):
             main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536", "99999999"])
+def test_a_port_out_of_range_is_one_line_and_exit_2_from_both_entry_points(tiny_model_set, capsys, port):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*model_args(tiny_model_set), "--devices", "cpu", "--port", port])
+    assert exit_info.value.code == 2
+    message = f"--port {port} is out of range: use a port between 1 and 65535."
+    assert capsys.readouterr().err == f"app.py: error: {message}\n"
+    assert cli_main(["demo", *model_args(tiny_model_set), "--devices", "cpu", "--port", port]) == 2
+    assert capsys.readouterr().err == f"l2p demo: error: {message}\n"
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_without_a_traceback(tiny_model_set):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        argv = [sys.executable, "app.py", *model_args(tiny_model_set), "--devices", "cpu", "--port", str(port)]
+        done = subprocess.run(argv, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2
+    assert done.stderr == f"app.py: error: port {port} on 127.0.0.1 is already in use: choose another --port.\n"
 
 
 def test_app_py_without_arguments_serves_the_tiny_model_on_127_0_0_1_23231(tmp_path):

@@ -1,9 +1,11 @@
 """Command-line options of the demo, and the server that owns the workers and the Gradio app."""
 
 import argparse
+import errno
 import logging
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -75,6 +77,20 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail with one line, before any model loads, when ``host:port`` cannot be served on."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is out of range: use a port between 1 and 65535.")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it: ignore TIME_WAIT
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ValueError(f"port {port} on {host} is already in use: choose another --port.") from None
+            raise ValueError(f"cannot serve on --host {host} --port {port}: {error.strerror or error}.") from None
+
+
 class DemoServer:
     """Loads one pipeline per worker device, then serves the UI until `close`."""
 
@@ -97,6 +113,7 @@ class DemoServer:
         native = min(native_size(files["dit"]))
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything
         devices = worker_devices(resolve_devices(args.devices), args.workers_per_device)
+        check_port(args.host, args.port)
         self.output_dir = Path(tempfile.mkdtemp(prefix="l2p-demo-"))
         try:
             names = worker_names(devices)
