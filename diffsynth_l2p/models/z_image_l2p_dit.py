@@ -4,17 +4,10 @@ import math
 from typing import List, Optional, Sequence
 
 import torch
-from diffsynth.core.gradient import gradient_checkpoint_forward
 from diffsynth.models.z_image_dit import ZImageDiT
 
+from .backbone import embed_timestep, image_token_features
 from .detailer_head import DetailerHead
-
-
-def _key_padding_mask(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """[B, S] validity mask -> SDPA mask [B, 1, 1, S], or None when nothing is masked."""
-    if bool(mask.all()):
-        return None
-    return mask[:, None, None, :]
 
 
 def _check_head_stages(stages: int, patch_size: int) -> None:
@@ -103,8 +96,7 @@ class ZImageL2PDiT(ZImageDiT):
 
     def embed_timestep(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Stock sinusoidal embedding + MLP, computed in ``dtype`` (stock Z-Image hard-casts to bf16)."""
-        freq = self.t_embedder.timestep_embedding(t, self.t_embedder.frequency_embedding_size)
-        return self.t_embedder.mlp(freq.to(dtype))
+        return embed_timestep(self, t, dtype)
 
     def forward_features(
         self,
@@ -124,55 +116,10 @@ class ZImageL2PDiT(ZImageDiT):
             raise ValueError(f"Image size {height}x{width} must be a multiple of {unit}.")
         if len(cap_feats) != batch:
             raise ValueError(f"Got {len(cap_feats)} caption feature tensors for a batch of {batch} images.")
-        checkpointing = dict(
-            use_gradient_checkpointing=use_gradient_checkpointing,
-            use_gradient_checkpointing_offload=use_gradient_checkpointing_offload,
-        )
-        device = x.device
-        # The DiT's clock runs the other way: scheduler sigma*1000 -> t_scale*(1 - sigma) (1000 - timestep at 1000).
-        sigma_scaled = timestep.to(device).reshape(batch) * (self.t_scale / 1000)
-        adaln_input = self.embed_timestep(self.t_scale - sigma_scaled, x.dtype)
-
-        # Per-sample patchify; each sequence is padded to a multiple of 32 with the learned pad tokens.
-        image_tokens, caption_tokens, meta = self.patchify_and_embed(
-            [sample.unsqueeze(1) for sample in x], [c.to(device, x.dtype) for c in cap_feats], p, 1
-        )
-        x_seqlens = [len(t) for t in image_tokens]
-        embedded = self.all_x_embedder[f"{p}-1"](torch.cat(image_tokens, dim=0))
-        img, img_freqs, img_mask, _, _ = self._prepare_sequence(
-            list(embedded.split(x_seqlens)), meta["x_pos_ids"], meta["x_pad_mask"], self.x_pad_token, None, device
-        )
-        img_mask = _key_padding_mask(img_mask)
-        for layer in self.noise_refiner:
-            img = gradient_checkpoint_forward(
-                layer, x=img, attn_mask=img_mask, freqs_cis=img_freqs, adaln_input=adaln_input, **checkpointing
-            )
-
-        cap_seqlens = [len(t) for t in caption_tokens]
-        embedded = self.cap_embedder(torch.cat(caption_tokens, dim=0))
-        cap, cap_freqs, cap_mask, _, _ = self._prepare_sequence(
-            list(embedded.split(cap_seqlens)), meta["cap_pos_ids"], meta["cap_pad_mask"], self.cap_pad_token, None,
-            device,
-        )
-        cap_mask = _key_padding_mask(cap_mask)
-        for layer in self.context_refiner:
-            cap = gradient_checkpoint_forward(layer, x=cap, attn_mask=cap_mask, freqs_cis=cap_freqs, **checkpointing)
-
-        # Unified sequence [image, caption] per sample; samples with shorter captions are masked, not mixed.
-        unified, unified_freqs, unified_mask, _ = self._build_unified_sequence(
-            img, img_freqs, x_seqlens, None, cap, cap_freqs, cap_seqlens, None, None, None, None, None, False, device
-        )
-        unified_mask = _key_padding_mask(unified_mask)
-        for layer in self.layers:
-            unified = gradient_checkpoint_forward(
-                layer, x=unified, attn_mask=unified_mask, freqs_cis=unified_freqs, adaln_input=adaln_input,
-                **checkpointing,
-            )
-
-        # Slice the real image tokens (not the 32-padded length), so any multiple of the patch size works.
-        grid_h, grid_w = height // p, width // p
-        features = unified[:, : grid_h * grid_w]  # (B, h*w, dim)
-        return features.transpose(1, 2).reshape(batch, self.dim, grid_h, grid_w)
+        features, _ = image_token_features(
+            self, x, timestep, cap_feats, p, use_gradient_checkpointing, use_gradient_checkpointing_offload
+        )  # (B, h*w, dim)
+        return features.transpose(1, 2).reshape(batch, self.dim, height // p, width // p)
 
     def forward(
         self,
