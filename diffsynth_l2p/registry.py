@@ -72,10 +72,7 @@ def find_registered(model_hash: str) -> list:
 
 
 def register_all() -> None:
-    """Register every named L2P configuration, the VRAM-management map of the class and the tiny-world teacher."""
-    from .tiny_world.teacher import register_teacher_models  # imports this module
-
+    """Register every named L2P configuration and the VRAM-management map of the class (idempotent)."""
     for config in L2P_CONFIGS.values():
         register_l2p_dit(config.published_hash, **config.kwargs)
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(L2P_DIT_CLASS, dict(L2P_VRAM_MODULE_MAP))
-    register_teacher_models()

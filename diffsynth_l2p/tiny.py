@@ -1,9 +1,9 @@
 """The tiny L2P model set: a CPU-sized L2P DiT, Qwen3 text encoder and word-level tokenizer on disk.
 
 ``build_tiny_l2p`` writes the three parts in the real on-disk formats, so DiffSynth's loader and
-``ZImageL2PPipeline.from_pretrained`` load them exactly like the released files.  The weights are
-**random** (seeded): the set exercises every code path and is the default model of ``l2p generate``
-until trained tiny weights ship; its images are textures, not pictures of the prompt.
+``ZImageL2PPipeline.from_pretrained`` load them exactly like the released files.  Its weights are **random**
+(seeded): the set exercises every code path in tests.  The default model of ``l2p generate`` and the demo is
+the *trained* set of the same layout that ships in ``tiny_world/assets`` (see ``docs/tiny-world.md``).
 """
 
 import functools
@@ -21,10 +21,11 @@ from .models.text_encoder import Qwen3TextEncoder, register_text_encoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
 from .registry import register_l2p_dit
 
-TINY_SET_VERSION = "tiny-random-v1"
 DIT_FILE = "l2p-dit.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
+# The shipped tiny-world student: an L2P model set (DiT, text encoder, tokenizer) in the package.
+SHIPPED_STUDENT_DIR = Path(__file__).parent / "tiny_world" / "assets"
 
 PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -173,16 +174,8 @@ def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str,
 
 
 def default_model_dir() -> Path:
-    """The default model set, built on first use: ``$L2P_HOME/tiny-random-v1`` (``~/.cache/diffsynth_l2p``).
+    """The default model set: the shipped tiny-world L2P student (trained on the shapes world, 64x64 native size).
 
-    It is the random tiny set of ``build_tiny_l2p(seed=0)``, a stand-in until trained tiny weights ship.
+    It is laid out like ``build_tiny_l2p``'s output; ``l2p tiny-world reproduce`` makes it from scratch.
     """
-    home = Path(os.environ.get("L2P_HOME") or Path.home() / ".cache" / "diffsynth_l2p")
-    model_dir = home / TINY_SET_VERSION
-    if not (model_dir / DIT_FILE).exists():
-        try:
-            build_tiny_l2p(model_dir, seed=0)
-        except FileExistsError:
-            if not (model_dir / DIT_FILE).exists():  # not a concurrent build that just finished
-                raise
-    return model_dir
+    return SHIPPED_STUDENT_DIR

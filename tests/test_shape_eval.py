@@ -40,9 +40,9 @@ def test_held_out_evaluation_prompts_score_100_percent_on_real_images():
 
 
 def test_detections_carry_the_attributes():
-    scene = Scene("position", (ShapeSpec("purple", "triangle", position="left"),))
+    scene = Scene("position", (ShapeSpec("yellow", "triangle", position="left"),))
     (found,) = detect_objects(render_scene(scene, np.random.default_rng(0)))
-    assert (found.color, found.shape, found.position) == ("purple", "triangle", "left")
+    assert (found.color, found.shape, found.position) == ("yellow", "triangle", "left")
 
 
 def test_wrong_prompts_fail():
@@ -59,12 +59,12 @@ def test_wrong_prompts_fail():
 
 def test_blurred_edges_keep_their_color():
     image = np.asarray(
-        render_scene(Scene("single", (ShapeSpec("red", "circle", size="large"),)), np.random.default_rng(0))
+        render_scene(Scene("single", (ShapeSpec("red", "circle"),)), np.random.default_rng(0))
     )
     blurred = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR).resize((64, 64), Image.BILINEAR))
     labels = color_labels(blurred)
     assert set(np.unique(labels)) == {-1, list(COLORS).index("red")}
-    assert score_image(blurred, "a large red circle")
+    assert score_image(blurred, "a red circle")
 
 
 def test_noise_and_blank_images_score_zero():
@@ -82,3 +82,14 @@ def test_components_and_shape_thresholds():
     mask[4:, 4:] = True
     assert sorted(len(c) for c in connected_components(mask)) == [2, 4]
     assert [classify_shape(r) for r in (1.0, np.pi / 4, 0.5)] == ["square", "circle", "triangle"]
+
+
+def test_overall_is_the_mean_of_the_category_scores():
+    rng = np.random.default_rng(3)
+    single = Scene("single", (ShapeSpec("red", "circle"),))
+    count = Scene("count", (ShapeSpec("blue", "circle"),) * 2, count=2)
+    blank = np.full((64, 64, 3), 255, np.uint8)
+    # single: 3 of 3 right; count: 0 of 1 right -> overall (1 + 0) / 2, not 3 / 4.
+    samples = [(render_scene(single, rng), single) for _ in range(3)] + [(blank, count)]
+    report = evaluate(samples)
+    assert (report["single"], report["count"], report["overall"]) == (1.0, 0.0, 0.5)

@@ -30,10 +30,11 @@ def test_every_caption_parses_back_to_its_scene():
 
 def test_caption_examples_and_articles():
     assert parse_caption("two blue circles") == Scene("count", (ShapeSpec("blue", "circle"),) * 2, count=2)
-    relation = parse_caption("A red square left of an orange circle.")
+    relation = parse_caption("A red square left of a yellow circle.")
     assert relation.relation == "left of"
-    assert relation.pairs() == [("red", "square"), ("orange", "circle")]
-    assert Scene("position", (ShapeSpec("orange", "square", position="top"),)).caption == "an orange square on the top"
+    assert relation.pairs() == [("red", "square"), ("yellow", "circle")]
+    assert Scene("position", (ShapeSpec("blue", "square", position="top"),)).caption == "a blue square on the top"
+    assert Scene("single", (ShapeSpec("green", "triangle"),)).caption == "a green triangle"
     with pytest.raises(ValueError, match="not a shapes-world caption"):
         parse_caption("a dog on a beach")
 
@@ -78,8 +79,23 @@ def test_held_out_pairs_never_reach_training_data():
 def test_evaluation_set_is_fixed_and_entirely_held_out():
     scenes = evaluation_scenes()
     assert scenes == evaluation_scenes()
-    assert all(scene.objects[0].color != scene.objects[1].color for scene in scenes if scene.category == "relation")
-    assert all((scene.objects[0].color, scene.objects[0].shape) in HELD_OUT_PAIRS for scene in scenes)
+    assert len(scenes) == 48
+    relations = [scene for scene in scenes if scene.category == "relation"]
+    assert all(scene.objects[0].color != scene.objects[1].color for scene in relations)
+    # Every scene has exactly one held-out object; relations hold it first and second equally often.
+    assert all(sum(pair in HELD_OUT_PAIRS for pair in set(scene.pairs())) == 1 for scene in scenes)
+    assert sum(scene.pairs()[0] in HELD_OUT_PAIRS for scene in relations) == len(relations) // 2
     assert {scene.category for scene in scenes} == set(CATEGORIES)
     assert all(not parse_caption(caption).is_held_out() for caption in training_captions())
     assert not {scene.caption for scene in scenes} & set(training_captions())
+
+
+def test_codec_images_never_show_a_held_out_pair():
+    from diffsynth_l2p.tiny_world.shape_eval import detect_objects
+    from diffsynth_l2p.tiny_world.shapes import sample_codec_images
+
+    images = list(sample_codec_images(300, seed=0))
+    assert images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert len({tuple(np.asarray(image)[32, 32]) for image in images}) > 20  # free colors, not the palette
+    for image in images:  # the detector reads palette colors; a held-out pair must never appear
+        assert not any((found.color, found.shape) in HELD_OUT_PAIRS for found in detect_objects(image))

@@ -527,6 +527,12 @@ def run_job(job: SynthesisJob, rank: int = 0, world_size: int = 1) -> SynthesisS
     return synthesize(pipe, records, job.output_dir, job.settings, rank, world_size)
 
 
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSummary:
     """Run ``num_processes`` spawned workers on disjoint shards of the job, then merge their shards."""
     import multiprocessing
@@ -537,7 +543,9 @@ def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSumm
     if num_processes == 1:
         summary = run_job(job)
     else:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+        # Each worker gets its share of the cores: oversubscribed torch threads spin and slow every worker down.
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        with multiprocessing.get_context("spawn").Pool(num_processes, _limit_threads, (threads,)) as pool:
             parts = pool.starmap(run_job, [(job, rank, num_processes) for rank in range(num_processes)])
         summary = sum(parts, SynthesisSummary())
     merge_shards(job.output_dir)

@@ -3,7 +3,7 @@
 A :class:`Scene` is the structured spec of one caption; :func:`render_scene` draws it, :func:`parse_caption`
 reads a caption back into its scene.  Four categories, as in GenEval:
 
-- ``single``: ``"a large red circle"`` (size, anywhere),
+- ``single``: ``"a red circle"`` (colour-shape binding, anywhere),
 - ``position``: ``"a red circle on the left"`` / ``"... in the center"``,
 - ``count``: ``"two blue squares"`` (2 or 3 equal objects),
 - ``relation``: ``"a red square left of a yellow circle"`` (two colors; left of, right of, above, below).
@@ -14,33 +14,39 @@ The (color, shape) pairs in :data:`HELD_OUT_PAIRS` never appear in a training sc
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
 BACKGROUND = (255, 255, 255)
+# Four well-separated hues: few enough that a CPU-sized teacher sees every seen pair often.
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 170, 70),
     "blue": (40, 80, 220),
-    "yellow": (240, 220, 30),
-    "purple": (135, 50, 175),
-    "orange": (250, 130, 20),
+    "yellow": (240, 200, 20),
 }
 SHAPES = ("circle", "square", "triangle")
 CATEGORIES = ("single", "position", "count", "relation")
-# Half extents (pixels) of the drawn objects; "small"/"large" are the caption sizes.
-SIZES = {"small": (5, 7), "large": (10, 12)}
-MEDIUM = (6, 8)
+# Half extents (pixels) of the drawn objects per category: large enough that a 16x16 token holds a recognisable part.
+HALF_EXTENTS = {"single": (10, 13), "position": (9, 11), "count": (8, 10), "relation": (8, 10)}
 # Object centres of the five named positions (x, y).
 POSITIONS = {"left": (14, 32), "right": (50, 32), "top": (32, 14), "bottom": (32, 50), "center": (32, 32)}
-POSITION_JITTER = 3
+POSITION_JITTER = 2
 RELATIONS = ("left of", "right of", "above", "below")
 COUNT_WORDS = {2: "two", 3: "three"}
-HELD_OUT_PAIRS = frozenset({("purple", "triangle"), ("orange", "circle"), ("green", "square")})
-OBJECT_GAP = 3
+# One held-out pair per shape and per colour (yellow keeps all three shapes): each held-out pair's colour and
+# shape are both seen in training, only never together.
+HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square")})
+OBJECT_GAP = 6
+# RGB distance from the best background-color blend beyond which a pixel reads as no palette color.
+MAX_RESIDUAL = 70.0
+# Share of the autoencoder's objects drawn in a palette color (the rest get random colors).
+CODEC_PALETTE_SHARE = 0.5
+# RGB distance by which the autoencoder's random colors stay away from the background.
+CODEC_BACKGROUND_MARGIN = 90.0
 
 
 def _article(word: str) -> str:
@@ -49,11 +55,10 @@ def _article(word: str) -> str:
 
 @dataclass(frozen=True)
 class ShapeSpec:
-    """One object of a caption; ``size`` and ``position`` are set only when the caption names them."""
+    """One object of a caption; ``position`` is set only when the caption names it."""
 
     color: str
     shape: str
-    size: Optional[str] = None
     position: Optional[str] = None
 
 
@@ -70,7 +75,7 @@ class Scene:
     def caption(self) -> str:
         first = self.objects[0]
         if self.category == "single":
-            return f"a {first.size} {first.color} {first.shape}"
+            return f"{_article(first.color)} {first.color} {first.shape}"
         if self.category == "position":
             where = "in the center" if first.position == "center" else f"on the {first.position}"
             return f"{_article(first.color)} {first.color} {first.shape} {where}"
@@ -93,7 +98,7 @@ class Scene:
 _COLOR = "|".join(COLORS)
 _SHAPE = "|".join(SHAPES)
 _CAPTION_PATTERNS = {
-    "single": re.compile(rf"a (?P<size>small|large) (?P<color>{_COLOR}) (?P<shape>{_SHAPE})"),
+    "single": re.compile(rf"an? (?P<color>{_COLOR}) (?P<shape>{_SHAPE})"),
     "position": re.compile(rf"an? (?P<color>{_COLOR}) (?P<shape>{_SHAPE}) (?:on the|in the) (?P<position>\w+)"),
     "count": re.compile(rf"(?P<count>two|three) (?P<color>{_COLOR}) (?P<shape>{_SHAPE})s"),
     "relation": re.compile(
@@ -119,10 +124,10 @@ def parse_caption(caption: str) -> Scene:
         if category == "relation":
             objects = (ShapeSpec(fields["color"], fields["shape"]), ShapeSpec(fields["color2"], fields["shape2"]))
             return Scene("relation", objects, relation=fields["relation"])
-        spec = ShapeSpec(fields["color"], fields["shape"], fields.get("size"), fields.get("position"))
+        spec = ShapeSpec(fields["color"], fields["shape"], fields.get("position"))
         return Scene(category, (spec,))
     raise ValueError(
-        f"{caption!r} is not a shapes-world caption; examples: 'a large red circle', 'a red circle on the left', "
+        f"{caption!r} is not a shapes-world caption; examples: 'a red circle', 'a red circle on the left', "
         "'two blue squares', 'a red square left of a yellow circle'."
     )
 
@@ -139,7 +144,7 @@ def sample_scene(rng: np.random.Generator, allow_held_out: bool = False) -> Scen
     category = CATEGORIES[rng.integers(len(CATEGORIES))]
     color, shape = _sample_pair(rng, allow_held_out)
     if category == "single":
-        return Scene(category, (ShapeSpec(color, shape, size=str(rng.choice(list(SIZES)))),))
+        return Scene(category, (ShapeSpec(color, shape),))
     if category == "position":
         return Scene(category, (ShapeSpec(color, shape, position=str(rng.choice(list(POSITIONS)))),))
     if category == "count":
@@ -159,8 +164,7 @@ def all_scenes() -> Iterator[Scene]:
     """Every scene of the grammar, in a fixed order."""
     pairs = [(color, shape) for color in COLORS for shape in SHAPES]
     for color, shape in pairs:
-        for size in SIZES:
-            yield Scene("single", (ShapeSpec(color, shape, size=size),))
+        yield Scene("single", (ShapeSpec(color, shape),))
         for position in POSITIONS:
             yield Scene("position", (ShapeSpec(color, shape, position=position),))
         for count in COUNT_WORDS:
@@ -172,23 +176,26 @@ def all_scenes() -> Iterator[Scene]:
 
 
 def evaluation_scenes() -> List[Scene]:
-    """The fixed held-out evaluation set: every single/position/count scene of a held-out pair, plus relations.
+    """The fixed held-out evaluation set (48 prompts): 16 scenes for each held-out pair.
 
-    Relations pair each held-out object with one seen partner per relation (the partner's color differs).
+    Per pair: its single scene, its five positions, both counts, and eight relations (each relation once with the
+    held-out object first and once second; partners are seen pairs of another color, chosen deterministically).
     """
     seen = [(color, shape) for color in COLORS for shape in SHAPES if (color, shape) not in HELD_OUT_PAIRS]
     scenes = []
     for index, (color, shape) in enumerate(sorted(HELD_OUT_PAIRS)):
-        for size in SIZES:
-            scenes.append(Scene("single", (ShapeSpec(color, shape, size=size),)))
+        held_out = ShapeSpec(color, shape)
+        scenes.append(Scene("single", (held_out,)))
         for position in POSITIONS:
             scenes.append(Scene("position", (ShapeSpec(color, shape, position=position),)))
         for count in COUNT_WORDS:
-            scenes.append(Scene("count", (ShapeSpec(color, shape),) * count, count=count))
-        partners = [pair for pair in seen if pair[0] != color]
+            scenes.append(Scene("count", (held_out,) * count, count=count))
+        partners = [ShapeSpec(*pair) for pair in seen if pair[0] != color]
         for offset, relation in enumerate(RELATIONS):
-            color2, shape2 = partners[(5 * index + 7 * offset) % len(partners)]
-            scenes.append(Scene("relation", (ShapeSpec(color, shape), ShapeSpec(color2, shape2)), relation=relation))
+            first = partners[(5 * index + 3 * offset) % len(partners)]
+            second = partners[(5 * index + 3 * offset + 1) % len(partners)]
+            scenes.append(Scene("relation", (held_out, first), relation=relation))
+            scenes.append(Scene("relation", (second, held_out), relation=relation))
     return scenes
 
 
@@ -216,18 +223,19 @@ def _separated(box: Tuple[int, int, int, int], others: List[Placement]) -> bool:
     )
 
 
-def _free_centre(rng: np.random.Generator, half: int, placed: List[Placement]) -> Tuple[int, int]:
+def _free_centre(rng: np.random.Generator, half: int, placed: List[Placement]) -> Optional[Tuple[int, int]]:
+    """A random centre whose box keeps the gap to every placed object, or None if 200 draws found none."""
     margin = half + 1
-    for _ in range(1000):
+    for _ in range(200):
         x, y = (int(v) for v in rng.integers(margin, IMAGE_SIZE - margin, size=2))
         if _separated((x - half, y - half, x + half, y + half), placed):
             return x, y
-    raise RuntimeError("could not place the objects without overlap; use fewer or smaller objects.")
+    return None
 
 
 def _relation_centres(rng: np.random.Generator, relation: str, halves: Tuple[int, int]) -> List[Tuple[int, int]]:
     """Centres of the (first, second) objects of a relation: far apart on one axis, close on the other."""
-    near = [int(rng.integers(14, 26)), int(rng.integers(38, 50))]  # first, second along the relation axis
+    near = [int(rng.integers(11, 20)), int(rng.integers(45, 54))]  # first, second along the relation axis
     if relation in ("right of", "below"):
         near.reverse()
     across = int(rng.integers(24, 41))
@@ -239,32 +247,37 @@ def _relation_centres(rng: np.random.Generator, relation: str, halves: Tuple[int
 
 def place_scene(scene: Scene, rng: np.random.Generator) -> List[Placement]:
     """Random object placements that realise ``scene`` (non-overlapping, separated by a gap)."""
-    if scene.category == "single":
-        (spec,) = scene.objects
-        half = int(rng.integers(SIZES[spec.size][0], SIZES[spec.size][1] + 1))
-        return [Placement(spec, *_free_centre(rng, half, []), half)]
+    low, high = HALF_EXTENTS[scene.category]
     if scene.category == "position":
         (spec,) = scene.objects
-        half = int(rng.integers(MEDIUM[0], MEDIUM[1] + 1))
+        half = int(rng.integers(low, high + 1))
         x, y = (c + int(rng.integers(-POSITION_JITTER, POSITION_JITTER + 1)) for c in POSITIONS[spec.position])
         return [Placement(spec, x, y, half)]
-    if scene.category == "count":
-        placed: List[Placement] = []
-        for spec in scene.objects:
-            half = int(rng.integers(SIZES["small"][0], MEDIUM[1] + 1))
-            placed.append(Placement(spec, *_free_centre(rng, half, placed), half))
-        return placed
-    halves = tuple(int(h) for h in rng.integers(MEDIUM[0], MEDIUM[1] + 1, size=2))
+    if scene.category in ("single", "count"):
+        while True:  # sequential placement can box itself in; start the layout over when it does
+            placed: List[Placement] = []
+            for spec in scene.objects:
+                half = int(rng.integers(low, high + 1))
+                centre = _free_centre(rng, half, placed)
+                if centre is None:
+                    break
+                placed.append(Placement(spec, *centre, half))
+            else:
+                return placed
+    halves = tuple(int(h) for h in rng.integers(low, high + 1, size=2))
     centres = _relation_centres(rng, scene.relation, halves)
     return [Placement(spec, x, y, half) for spec, (x, y), half in zip(scene.objects, centres, halves, strict=True)]
 
 
-def draw(placements: List[Placement]) -> Image.Image:
-    """Draw placed objects on the background, without anti-aliasing (flat colors, crisp masks)."""
+def draw(placements: List[Placement], colors: Optional[Sequence[Tuple[int, int, int]]] = None) -> Image.Image:
+    """Draw placed objects on the background, without anti-aliasing (flat colors, crisp masks).
+
+    ``colors`` overrides the palette color of each placement (the autoencoder's training images).
+    """
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     canvas = ImageDraw.Draw(image)
-    for item in placements:
-        color = COLORS[item.spec.color]
+    for index, item in enumerate(placements):
+        color = tuple(colors[index]) if colors is not None else COLORS[item.spec.color]
         left, top, right, bottom = item.box
         if item.spec.shape == "circle":
             canvas.ellipse((left, top, right, bottom), fill=color)
@@ -287,3 +300,43 @@ def sample_dataset(count: int, seed: int, allow_held_out: bool = False) -> Itera
         scene = sample_scene(rng, allow_held_out)
         yield render_scene(scene, rng), scene.caption
 
+
+def palette_index(pixels: np.ndarray) -> np.ndarray:
+    """Palette index (order of ``COLORS``) of each RGB pixel ``(N, 3)``, or -1 for background / unexplained pixels.
+
+    Each pixel is projected on every background->color segment; the closest segment wins if the pixel is at
+    least half-way to the color and near enough to the segment (anti-aliased or blurry edges stay classifiable).
+    """
+    pixels = pixels.astype(np.float32) - np.asarray(BACKGROUND, np.float32)  # (N, 3)
+    directions = np.asarray(list(COLORS.values()), np.float32) - np.asarray(BACKGROUND, np.float32)  # (K, 3)
+    alpha = np.clip(pixels @ directions.T / (directions**2).sum(1), 0.0, 1.0)  # (N, K)
+    residual = np.linalg.norm(pixels[:, None, :] - alpha[..., None] * directions[None], axis=-1)  # (N, K)
+    best = residual.argmin(1)
+    rows = np.arange(len(best))
+    foreground = (alpha[rows, best] >= 0.5) & (residual[rows, best] <= MAX_RESIDUAL)
+    return np.where(foreground, best, -1)
+
+
+def _random_color(rng: np.random.Generator, shape: str) -> Tuple[int, int, int]:
+    """A palette color (half the time) or a random RGB color; never one that reads as held out with ``shape``."""
+    held_out = [list(COLORS).index(color) for color, held in HELD_OUT_PAIRS if held == shape]
+    if rng.random() < CODEC_PALETTE_SHARE:
+        allowed = [color for index, color in enumerate(COLORS.values()) if index not in held_out]
+        return allowed[rng.integers(len(allowed))]
+    while True:
+        color = rng.integers(0, 256, size=3)
+        if np.linalg.norm(color - np.asarray(BACKGROUND)) > CODEC_BACKGROUND_MARGIN:
+            if palette_index(color[None])[0] not in held_out:
+                return tuple(int(c) for c in color)
+
+
+def sample_codec_images(count: int, seed: int) -> Iterator[Image.Image]:
+    """``count`` seeded images for the autoencoder: shapes-world layouts with random, unnamed colors.
+
+    The codec learns shapes and colors independently, as a real VAE learns from generic images; no image shows a
+    held-out pair (a held-out shape is never drawn near the held-out color), so the held-out split stays clean.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        placements = place_scene(sample_scene(rng, allow_held_out=True), rng)
+        yield draw(placements, [_random_color(rng, item.spec.shape) for item in placements])

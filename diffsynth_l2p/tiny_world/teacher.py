@@ -1,44 +1,57 @@
 """The tiny source latent model (teacher): train the autoencoder, then a stock ``ZImageDiT`` on its latents.
 
-The teacher is a DiffSynth latent Z-Image model set that DiffSynth's **own** ``ZImagePipeline`` loads:
+The teacher is a DiffSynth latent Z-Image model set that DiffSynth's **own** ``ZImagePipeline`` runs:
 
-- ``dit.safetensors``: stock ``ZImageDiT`` (patch 2, 16 latent channels) with the tiny L2P backbone sizes, so
-  ``l2p convert`` maps it onto the tiny L2P DiT;
-- ``vae_encoder.safetensors`` / ``vae_decoder.safetensors``: :mod:`.autoencoder` (registered as
-  ``flux_vae_encoder`` / ``flux_vae_decoder``);
-- ``text_encoder/`` and ``tokenizer/``: the frozen random tiny text encoder of ``build_tiny_l2p(seed=0)``, the
-  same one the L2P student uses.
+- ``dit.safetensors``: stock ``ZImageDiT`` (patch 2 on 8x8x16 latents = a 4x4 token grid) with the tiny L2P
+  backbone sizes, so ``l2p convert`` maps it onto the tiny L2P DiT (patch 16 on 64x64 pixels = the same grid);
+- ``vae_encoder.safetensors`` / ``vae_decoder.safetensors``: the 8x-down, 16-channel :mod:`.autoencoder`;
+- ``text_encoder/`` and ``tokenizer/``: the frozen random tiny text encoder of ``build_tiny_l2p(seed=0)``, which
+  the L2P student shares.
 
-Training goes through DiffSynth's ``model_fn_z_image_turbo`` (its time and sign conventions), vmapped over the
-batch, in bf16 (the stock time embedder casts to bf16) with fp32 master weights.
+Training is resumable: the autoencoder and periodic DiT states are kept in a work directory, and a rerun
+continues from the last state with the same result as an uninterrupted run.
 """
 
+import functools
 import json
 import os
 import shutil
-import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from diffsynth.core import ModelConfig, hash_state_dict_keys
 from diffsynth.diffusion.flow_match import FlowMatchScheduler
 from diffsynth.models.z_image_dit import ZImageDiT
-from safetensors.torch import save_file
+from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, atomic_path
+from ..models.backbone import latent_velocity
 from ..models.configs import L2P_CONFIGS
-from ..registry import register_model
+from ..models.text_encoder import Qwen3TextEncoder
+from ..registry import meta_model, register_model
+from ..tiny import (
+    SHIPPED_STUDENT_DIR,
+    TINY_TEXT_ENCODER_CONFIG,
+    build_tiny_l2p,
+    init_weights,
+    register_tiny_models,
+)
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
-from .shapes import sample_dataset
+from .shapes import sample_codec_images, sample_dataset
 
-ASSETS_DIR = Path(__file__).parent / "assets" / "teacher"
+ASSETS_DIR = SHIPPED_STUDENT_DIR / "teacher"  # shares the student's text encoder and tokenizer (its parent)
 DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE = "dit.safetensors", "vae_encoder.safetensors", "vae_decoder.safetensors"
 TEXT_ENCODER_DIR, TOKENIZER_DIR, SUMMARY_FILE = "text_encoder", "tokenizer", "teacher.json"
-TEXT_ENCODER_SEED = 0  # build_tiny_l2p(seed=0): the student's text encoder
+TEXT_ENCODER_SEED = 0  # the text encoder starts as build_tiny_l2p(seed=0)'s
+CAPTION_TOKENS = 64  # every shapes-world caption with the chat template fits (the stock unit pads to 512)
 
 # The tiny L2P backbone (dim, layers, heads, caption width, RoPE) with the stock latent patchify.
 TEACHER_DIT_CONFIG = {
@@ -50,64 +63,88 @@ TEACHER_DIT_CONFIG = {
 DIT_CLASS = "diffsynth.models.z_image_dit.ZImageDiT"
 VAE_ENCODER_CLASS = f"{TinyVAEEncoder.__module__}.{TinyVAEEncoder.__qualname__}"
 VAE_DECODER_CLASS = f"{TinyVAEDecoder.__module__}.{TinyVAEDecoder.__qualname__}"
+# Names of our own in DiffSynth's registry: the teacher's parts never pose as DiffSynth's real models.
+DIT_MODEL_NAME = "l2p_tiny_world_teacher_dit"
+VAE_ENCODER_MODEL_NAME = "l2p_tiny_world_vae_encoder"
+VAE_DECODER_MODEL_NAME = "l2p_tiny_world_vae_decoder"
 
 
-def _meta_hash(model_class: type, **kwargs) -> str:
-    with torch.device("meta"):
-        return hash_state_dict_keys(model_class(**kwargs).state_dict())
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """Data, autoencoder and DiT hyper-parameters of the teacher (the defaults are the shipped teacher's)."""
+
+    dataset_size: int = 20000
+    ae_steps: int = 4000
+    ae_batch_size: int = 32
+    ae_lr: float = 2e-3
+    dit_steps: int = 4500
+    dit_batch_size: int = 64
+    dit_lr: float = 1e-3
+    ema_decay: float = 0.998
+    uncond_prob: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
 
 
+@functools.cache
 def register_teacher_models() -> Dict[str, str]:
-    """Register the teacher DiT and autoencoder halves under DiffSynth's Z-Image names; return their hashes."""
+    """Register the teacher DiT and autoencoder halves under the tiny world's own names; return their hashes."""
     hashes = {
-        "dit": _meta_hash(ZImageDiT, **TEACHER_DIT_CONFIG),
-        "vae_encoder": _meta_hash(TinyVAEEncoder),
-        "vae_decoder": _meta_hash(TinyVAEDecoder),
+        "dit": hash_state_dict_keys(meta_model(ZImageDiT, **TEACHER_DIT_CONFIG).state_dict()),
+        "vae_encoder": hash_state_dict_keys(meta_model(TinyVAEEncoder).state_dict()),
+        "vae_decoder": hash_state_dict_keys(meta_model(TinyVAEDecoder).state_dict()),
     }
-    register_model(hashes["dit"], "z_image_dit", DIT_CLASS, TEACHER_DIT_CONFIG)
-    register_model(hashes["vae_encoder"], "flux_vae_encoder", VAE_ENCODER_CLASS)
-    register_model(hashes["vae_decoder"], "flux_vae_decoder", VAE_DECODER_CLASS)
+    register_model(hashes["dit"], DIT_MODEL_NAME, DIT_CLASS, TEACHER_DIT_CONFIG)
+    register_model(hashes["vae_encoder"], VAE_ENCODER_MODEL_NAME, VAE_ENCODER_CLASS)
+    register_model(hashes["vae_decoder"], VAE_DECODER_MODEL_NAME, VAE_DECODER_CLASS)
     return hashes
 
 
+def text_encoder_home(model_dir: Path) -> Path:
+    """The directory holding a teacher's ``text_encoder/`` and ``tokenizer/``: its own, or else its parent's."""
+    return model_dir if (model_dir / TOKENIZER_DIR).is_dir() else model_dir.parent
+
+
 def teacher_model_configs(model_dir: Union[str, os.PathLike, None] = None) -> Tuple[List[ModelConfig], ModelConfig]:
-    """``(model_configs, tokenizer_config)`` of a teacher directory (default: the shipped teacher)."""
+    """``(model_configs, tokenizer_config)`` of a teacher directory (default: the shipped teacher).
+
+    The model configs are, in order: text encoder, DiT, autoencoder encoder, autoencoder decoder.  The text
+    encoder and tokenizer are taken from the directory, or else from its parent (the shipped layout, where the
+    teacher shares them with the student).
+    """
     model_dir = Path(model_dir) if model_dir is not None else ASSETS_DIR
     if not (model_dir / DIT_FILE).is_file():
         raise FileNotFoundError(
-            f"{model_dir} holds no tiny-world teacher ({DIT_FILE} missing); train one with `l2p tiny-world teacher`."
+            f"{model_dir} holds no tiny-world teacher ({DIT_FILE} missing); make one with `l2p tiny-world reproduce`."
         )
-    files = [DIT_FILE, f"{TEXT_ENCODER_DIR}/model.safetensors", VAE_ENCODER_FILE, VAE_DECODER_FILE]
-    return [ModelConfig(path=str(model_dir / name)) for name in files], ModelConfig(path=str(model_dir / TOKENIZER_DIR))
+    text_dir = text_encoder_home(model_dir)
+    files = [text_dir / TEXT_ENCODER_DIR / "model.safetensors"] + [
+        model_dir / name for name in (DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE)
+    ]
+    return [ModelConfig(path=str(path)) for path in files], ModelConfig(path=str(text_dir / TOKENIZER_DIR))
 
 
-def load_teacher(model_dir: Union[str, os.PathLike, None] = None, device: str = "cpu"):
-    """The teacher as DiffSynth's stock ``ZImagePipeline`` (bf16: the stock time embedder requires it)."""
-    from diffsynth.pipelines.z_image import ZImagePipeline
+def load_teacher(model_dir: Union[str, os.PathLike, None] = None, device: str = "cpu") -> ZImagePipeline:
+    """The teacher as DiffSynth's stock ``ZImagePipeline`` (bf16: the stock time embedder requires it).
 
-    from ..tiny import register_tiny_models
-
+    DiffSynth's loader reads every file; the DiT and the autoencoder, registered under the tiny world's own
+    names, are then put in the pipeline's ``dit`` / ``vae_encoder`` / ``vae_decoder`` slots.
+    """
     register_tiny_models()
     register_teacher_models()
-    model_configs, tokenizer_config = teacher_model_configs(model_dir)
-    return ZImagePipeline.from_pretrained(
-        torch_dtype=torch.bfloat16, device=device, model_configs=model_configs, tokenizer_config=tokenizer_config
+    (text_encoder, *parts), tokenizer_config = teacher_model_configs(model_dir)
+    pipe = ZImagePipeline.from_pretrained(
+        torch_dtype=torch.bfloat16, device=device, model_configs=[text_encoder], tokenizer_config=tokenizer_config
     )
+    pool = pipe.download_and_load_models(parts)
+    pipe.dit = pool.fetch_model(DIT_MODEL_NAME)
+    pipe.vae_encoder = pool.fetch_model(VAE_ENCODER_MODEL_NAME)
+    pipe.vae_decoder = pool.fetch_model(VAE_DECODER_MODEL_NAME)
+    return pipe
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first 5% of the steps, then cosine decay to 10% of the peak rate."""
-    warmup = max(1, steps // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.45 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _images_to_tensor(images: List) -> torch.Tensor:
+def images_to_tensor(images: List) -> torch.Tensor:
+    """PIL images -> ``[N, 3, H, W]`` in [-1, 1]."""
     array = np.stack([np.asarray(image, dtype=np.float32) for image in images])  # (N, H, W, 3)
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
@@ -124,7 +161,7 @@ def train_autoencoder(
     encoder, decoder = TinyVAEEncoder(), TinyVAEDecoder()
     parameters = list(encoder.parameters()) + list(decoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    schedule = _warmup_cosine(optimizer, steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
     for _ in tqdm(range(steps), desc="autoencoder", mininterval=5):
         batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
@@ -147,171 +184,223 @@ def train_autoencoder(
     return encoder.eval(), decoder.eval(), losses
 
 
-def encode_captions(text_encoder_dir: Path, tokenizer_dir: Path, captions: List[str]) -> Dict[str, torch.Tensor]:
-    """Caption embeddings exactly as the stock pipeline computes them (``ZImageUnit_PromptEmbedder``, bf16)."""
-    from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
-
-    from ..tiny import register_tiny_models
-
-    register_tiny_models()
-    pipe = ZImagePipeline.from_pretrained(
-        torch_dtype=torch.bfloat16,
-        device="cpu",
-        model_configs=[ModelConfig(path=str(text_encoder_dir / "model.safetensors"))],
-        tokenizer_config=ModelConfig(path=str(tokenizer_dir)),
-    )
-    unit = ZImageUnit_PromptEmbedder()
-    with torch.no_grad():
-        return {caption: unit.encode_prompt(pipe, caption, device="cpu")[0] for caption in captions}
+def load_text_parts(model_dir: Path) -> Tuple[torch.nn.Module, Any]:
+    """The text encoder (fp32) and tokenizer of a model set laid out like ``build_tiny_l2p``'s."""
+    encoder = Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG)
+    encoder.load_state_dict(load_file(model_dir / TEXT_ENCODER_DIR / "model.safetensors"))
+    return encoder, AutoTokenizer.from_pretrained(str(model_dir / TOKENIZER_DIR))
 
 
-def _init_dit(seed: int) -> ZImageDiT:
-    """Seeded ``ZImageDiT``: matrices ~ N(0, 1/fan_in), norms 1, biases 0; output layer zero (predicts 0 first)."""
-    from ..tiny import init_weights
+def init_dit(seed: int, config: Optional[Dict[str, Any]] = None) -> ZImageDiT:
+    """Seeded ``ZImageDiT``: matrices ~ N(0, 1/fan_in), norms 1, biases 0.
 
-    dit = ZImageDiT(**TEACHER_DIT_CONFIG)
+    The output layer and every block's modulation start at zero (adaLN-Zero: each block starts as the identity
+    and the model predicts 0), which makes a small DiT learn several times faster than a plain init.
+    """
+    dit = ZImageDiT(**(config or TEACHER_DIT_CONFIG))
     init_weights(dit, seed)
     with torch.no_grad():
         for name, param in dit.named_parameters():
-            if name.startswith("all_final_layer") and ".linear." in name:
+            if (name.startswith("all_final_layer") and ".linear." in name) or ".adaLN_modulation." in name:
                 param.zero_()
     return dit
+
+
+class DiTTrainer:
+    """Flow-matching training of the teacher DiT and its text encoder, batched through :func:`latent_velocity`.
+
+    ``latent_velocity`` equals DiffSynth's ``model_fn_z_image_turbo`` (the stock pipeline's model function) per
+    sample, and captions are encoded by DiffSynth's own prompt unit, so training sees exactly what the stock
+    pipeline computes.  ``x_t = (1 - s) x0 + s eps`` at the Z-Image schedule's training timesteps (shift 3);
+    target ``eps - x0``.  Each caption is replaced by the empty prompt with probability ``uncond_prob`` (for
+    CFG).  The text encoder learns with the DiT (a stand-in for a pretrained one, whose features already name
+    colors and shapes); the student later keeps it frozen.  Both compute in bf16, as the stock pipeline runs
+    them, with fp32 master weights and an fp32 EMA.
+    """
+
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        captions: List[str],
+        text_encoder: torch.nn.Module,
+        tokenizer: Any,
+        recipe: TeacherRecipe,
+        config: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.latents, self.captions, self.recipe = latents, captions, recipe
+        self.scheduler = FlowMatchScheduler("Z-Image")
+        self.scheduler.set_timesteps(1000, training=True)
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.dit = init_dit(recipe.seed, config).to(torch.bfloat16).train()
+        self.text = SimpleNamespace(text_encoder=text_encoder.to(torch.bfloat16).train(), tokenizer=tokenizer)
+        self.params = list(self.dit.parameters()) + list(text_encoder.parameters())
+        self.master = [param.detach().float().clone().requires_grad_(True) for param in self.params]
+        self.ema = [param.detach().clone() for param in self.master]
+        self.optimizer = torch.optim.AdamW(self.master, lr=recipe.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.schedule = get_cosine_schedule_with_warmup(
+            self.optimizer, max(1, recipe.dit_steps // 20), recipe.dit_steps
+        )
+        self.step, self.losses = 0, []
+
+    def encode(self, prompts: List[str]) -> List[torch.Tensor]:
+        """Caption embeddings through DiffSynth's prompt unit (each distinct prompt once), with gradients."""
+        distinct = sorted(set(prompts))
+        # encode_prompt rewrites its list in place (chat template), so it gets a copy.
+        unit = ZImageUnit_PromptEmbedder()
+        embeds = unit.encode_prompt(self.text, list(distinct), max_sequence_length=CAPTION_TOKENS)
+        by_prompt = dict(zip(distinct, embeds, strict=True))
+        return [by_prompt[prompt] for prompt in prompts]
+
+    def train_step(self) -> float:
+        batch_size = self.recipe.dit_batch_size
+        picks = torch.randint(len(self.latents), (batch_size,), generator=self.generator)
+        dropped = torch.rand(batch_size, generator=self.generator) < self.recipe.uncond_prob
+        prompts = ["" if drop else self.captions[i] for i, drop in zip(picks.tolist(), dropped.tolist(), strict=True)]
+        x0 = self.latents[picks]
+        noise = torch.randn(x0.shape, generator=self.generator)
+        timestep_ids = torch.randint(len(self.scheduler.timesteps), (batch_size,), generator=self.generator)
+        sigma = self.scheduler.sigmas[timestep_ids].view(-1, 1, 1, 1)
+        noisy = ((1 - sigma) * x0 + sigma * noise).to(torch.bfloat16)
+        timestep = self.scheduler.timesteps[timestep_ids].to(torch.bfloat16)
+        prediction = latent_velocity(self.dit, noisy, timestep, self.encode(prompts))
+        loss = torch.nn.functional.mse_loss(prediction.float(), self.scheduler.training_target(x0, noise, None))
+        for param in self.params:
+            param.grad = None
+        loss.backward()
+        for master_param, param in zip(self.master, self.params, strict=True):
+            master_param.grad = None if param.grad is None else param.grad.float()
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            for master_param, ema_param, param in zip(self.master, self.ema, self.params, strict=True):
+                ema_param.lerp_(master_param, 1 - self.recipe.ema_decay)
+                param.copy_(master_param)
+        self.step += 1
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "step": self.step,
+            "losses": self.losses,
+            "master": self.master,
+            "ema": self.ema,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step, self.losses = state["step"], list(state["losses"])
+        with torch.no_grad():
+            for target, source in zip(self.master + self.ema, state["master"] + state["ema"], strict=True):
+                target.copy_(source)
+            for param, master_param in zip(self.params, self.master, strict=True):
+                param.copy_(master_param)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+
+    def ema_models(self) -> Tuple[ZImageDiT, torch.nn.Module]:
+        """The DiT and text encoder with the EMA weights, in bf16 (the teacher that ships)."""
+        with torch.no_grad():
+            for ema_param, param in zip(self.ema, self.params, strict=True):
+                param.copy_(ema_param)
+        return self.dit.eval(), self.text.text_encoder.eval()
 
 
 def train_dit(
     latents: torch.Tensor,
     captions: List[str],
-    embeddings: Dict[str, torch.Tensor],
-    steps: int,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    uncond_prob: float = 0.1,
-    ema_decay: float = 0.99,
-) -> Tuple[ZImageDiT, List[float]]:
-    """Flow-matching training of the teacher DiT through DiffSynth's ``model_fn_z_image_turbo``.
-
-    ``x_t = (1 - s) x0 + s eps`` at the Z-Image schedule's training timesteps (shift 3); target ``eps - x0``.
-    Each batch shares one caption length (vmap needs equal shapes); a ``uncond_prob`` share of batches uses the
-    empty prompt (for CFG).  Returns the EMA weights in bf16 and the loss curve.
-    """
-    from diffsynth.pipelines.z_image import model_fn_z_image_turbo
-    from torch.func import vmap
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    generator = torch.Generator().manual_seed(seed)
-    scheduler = FlowMatchScheduler("Z-Image")
-    scheduler.set_timesteps(1000, training=True)
-
-    dit = _init_dit(seed).to(torch.bfloat16).train()
-    master = [param.detach().float().clone().requires_grad_(True) for param in dit.parameters()]
-    ema = [param.detach().clone() for param in master]
-    optimizer = torch.optim.AdamW(master, lr=lr, weight_decay=0.01)
-    schedule = _warmup_cosine(optimizer, steps)
-
-    buckets: Dict[int, List[int]] = {}
-    for index, caption in enumerate(captions):
-        buckets.setdefault(len(embeddings[caption]), []).append(index)
-    lengths = sorted(buckets)
-    weights = torch.tensor([len(buckets[length]) for length in lengths], dtype=torch.float)
-    empty = embeddings[""]
-
-    def velocity(x, timestep, prompt_embeds):  # one sample; vmapped over the batch
-        return model_fn_z_image_turbo(dit, latents=x[None], timestep=timestep[None], prompt_embeds=[prompt_embeds])[0]
-
-    losses = []
-    with sdpa_kernel(SDPBackend.MATH):  # the CPU flash kernel has no vmap batching rule
-        for _ in tqdm(range(steps), desc="teacher dit", mininterval=5):
-            bucket = buckets[lengths[torch.multinomial(weights, 1, generator=generator).item()]]
-            picks = torch.tensor(bucket)[torch.randint(len(bucket), (batch_size,), generator=generator)]
-            if torch.rand((), generator=generator) < uncond_prob:
-                prompt_embeds = empty.expand(batch_size, *empty.shape)
-            else:
-                prompt_embeds = torch.stack([embeddings[captions[i]] for i in picks.tolist()])
-            x0 = latents[picks]
-            noise = torch.randn(x0.shape, generator=generator)
-            timestep_ids = torch.randint(len(scheduler.timesteps), (batch_size,), generator=generator)
-            sigma = scheduler.sigmas[timestep_ids].view(-1, 1, 1, 1)
-            noisy = ((1 - sigma) * x0 + sigma * noise).to(torch.bfloat16)
-            timestep = scheduler.timesteps[timestep_ids].to(torch.bfloat16)
-            prediction = vmap(velocity)(noisy, timestep, prompt_embeds.to(torch.bfloat16))
-            loss = torch.nn.functional.mse_loss(prediction.float(), scheduler.training_target(x0, noise, None))
-            dit.zero_grad(set_to_none=True)
-            loss.backward()
-            for master_param, param in zip(master, dit.parameters(), strict=True):
-                master_param.grad = param.grad.float()
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                for master_param, ema_param, param in zip(master, ema, dit.parameters(), strict=True):
-                    ema_param.lerp_(master_param, 1 - ema_decay)
-                    param.copy_(master_param)
-            losses.append(loss.item())
-    with torch.no_grad():
-        for ema_param, param in zip(ema, dit.parameters(), strict=True):
-            param.copy_(ema_param)
-    return dit.eval(), losses
+    text_encoder: torch.nn.Module,
+    tokenizer: Any,
+    recipe: TeacherRecipe,
+    state_path: Optional[Path] = None,
+) -> Tuple[ZImageDiT, torch.nn.Module, List[float]]:
+    """Run :class:`DiTTrainer` to ``recipe.dit_steps``; with ``state_path``, resume from and save states there."""
+    trainer = DiTTrainer(latents, captions, text_encoder, tokenizer, recipe)
+    if state_path is not None and state_path.exists():
+        trainer.load_state_dict(torch.load(state_path, weights_only=False))
+    with tqdm(total=recipe.dit_steps, initial=trainer.step, desc="teacher dit", mininterval=5) as progress:
+        while trainer.step < recipe.dit_steps:
+            loss = trainer.train_step()
+            progress.update()
+            progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if state_path is not None and trainer.step % recipe.checkpoint_every == 0:
+                with atomic_path(state_path) as temp_path:
+                    torch.save(trainer.state_dict(), temp_path)
+    dit, text_encoder = trainer.ema_models()
+    return dit, text_encoder, trainer.losses
 
 
-def _save(module: torch.nn.Module, path: Path, dtype: Optional[torch.dtype] = None) -> None:
-    state_dict = {
-        key: value.detach().to(dtype or value.dtype).contiguous() for key, value in module.state_dict().items()
-    }
-    save_file(state_dict, str(path))
-    path.chmod(0o644)  # safetensors writes 0600
+def save_module(module: torch.nn.Module, path: Path, dtype: Optional[torch.dtype] = None) -> None:
+    """Save a module's state dict as safetensors (floating tensors cast to ``dtype``), atomically."""
+    state_dict = {}
+    for key, value in module.state_dict().items():
+        value = value.detach()
+        state_dict[key] = (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+    with atomic_path(path) as temp_path:
+        save_file(state_dict, temp_path)
+
+
+def _load_autoencoder(work_dir: Path) -> Tuple[TinyVAEEncoder, TinyVAEDecoder]:
+    encoder, decoder = TinyVAEEncoder(), TinyVAEDecoder()
+    encoder.load_state_dict(load_file(work_dir / VAE_ENCODER_FILE))
+    decoder.load_state_dict(load_file(work_dir / VAE_DECODER_FILE))
+    return encoder.eval(), decoder.eval()
 
 
 def train_teacher(
-    out_dir: Union[str, os.PathLike],
-    ae_steps: int = 2000,
-    dit_steps: int = 1000,
-    dataset_size: int = 20000,
-    ae_batch_size: int = 32,
-    dit_batch_size: int = 128,
-    dit_lr: float = 2e-3,
-    seed: int = 0,
-) -> Dict[str, object]:
+    out_dir: Union[str, os.PathLike], work_dir: Union[str, os.PathLike], recipe: TeacherRecipe = TeacherRecipe()
+) -> Dict[str, Any]:
     """Train the tiny-world teacher from scratch into ``out_dir`` (new or empty; written atomically).
 
-    Data: ``dataset_size`` seeded shapes-world images (held-out pairs excluded).  Returns the training summary
-    (also written to ``teacher.json``): steps, seconds per phase, final losses, file sizes.
+    ``work_dir`` keeps the autoencoder and the DiT's training state, so a killed run resumes where it stopped.
+    Data: ``recipe.dataset_size`` seeded shapes-world images without held-out pairs for the DiT, and as many
+    random-color images for the autoencoder.  Returns the summary, also written to ``teacher.json``.
     """
-    from ..tiny import build_tiny_l2p
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    text_dir = work_dir / "text"  # a random tiny model set; the teacher keeps its text encoder and tokenizer
+    if not (text_dir / TOKENIZER_DIR).exists():
+        build_tiny_l2p(text_dir, seed=TEXT_ENCODER_SEED)
+
+    ae_losses: List[float] = []
+    if not (work_dir / VAE_DECODER_FILE).exists():
+        codec_images = images_to_tensor(list(sample_codec_images(recipe.dataset_size, recipe.seed + 1)))
+        encoder, decoder, ae_losses = train_autoencoder(
+            codec_images, recipe.ae_steps, recipe.ae_batch_size, recipe.ae_lr, seed=recipe.seed
+        )
+        save_module(encoder, work_dir / VAE_ENCODER_FILE)
+        save_module(decoder, work_dir / VAE_DECODER_FILE)  # last: its presence marks the autoencoder as done
+    encoder, _ = _load_autoencoder(work_dir)
+    ae_seconds = time.perf_counter() - start
+
+    images, captions = zip(*sample_dataset(recipe.dataset_size, recipe.seed), strict=True)
+    with torch.no_grad():
+        latents = torch.cat([encoder(chunk) for chunk in images_to_tensor(list(images)).split(512)])
+    text_encoder, tokenizer = load_text_parts(text_dir)
+    dit, text_encoder, dit_losses = train_dit(
+        latents, list(captions), text_encoder, tokenizer, recipe, work_dir / "dit_state.pt"
+    )
 
     with atomic_directory(out_dir, "the teacher") as staging:
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tiny_dir:
-            tiny_files = build_tiny_l2p(Path(tiny_dir) / "tiny", seed=TEXT_ENCODER_SEED)
-            (staging / TEXT_ENCODER_DIR).mkdir()
-            shutil.copyfile(tiny_files["text_encoder"][0], staging / TEXT_ENCODER_DIR / "model.safetensors")
-            shutil.copytree(tiny_files["tokenizer"], staging / TOKENIZER_DIR)
-
-        images, captions = zip(*sample_dataset(dataset_size, seed), strict=True)
-        pixels = _images_to_tensor(list(images))
-        encoder, decoder, ae_losses = train_autoencoder(pixels, ae_steps, ae_batch_size, seed=seed)
-        _save(encoder, staging / VAE_ENCODER_FILE)
-        _save(decoder, staging / VAE_DECODER_FILE)
-        ae_seconds = time.perf_counter() - start
-
-        with torch.no_grad():
-            latents = torch.cat([encoder(chunk) for chunk in pixels.split(512)])
-        embeddings = encode_captions(staging / TEXT_ENCODER_DIR, staging / TOKENIZER_DIR, sorted(set(captions)) + [""])
-        dit, dit_losses = train_dit(latents, list(captions), embeddings, dit_steps, dit_batch_size, dit_lr, seed=seed)
-        _save(dit, staging / DIT_FILE, torch.bfloat16)
-
+        save_module(dit, staging / DIT_FILE, torch.bfloat16)
+        (staging / TEXT_ENCODER_DIR).mkdir()
+        save_module(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors", torch.bfloat16)
+        for name in (VAE_ENCODER_FILE, VAE_DECODER_FILE):
+            shutil.copyfile(work_dir / name, staging / name)
+        shutil.copytree(text_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         summary = {
-            "seed": seed,
-            "dataset_size": dataset_size,
-            "ae_steps": ae_steps,
-            "dit_steps": dit_steps,
-            "dit_batch_size": dit_batch_size,
-            "dit_lr": dit_lr,
-            "ae_final_loss": float(np.mean(ae_losses[-50:])),
-            "dit_final_loss": float(np.mean(dit_losses[-50:])),
-            "ae_seconds": round(ae_seconds, 1),
-            "total_seconds": round(time.perf_counter() - start, 1),
+            "recipe": asdict(recipe),
+            "ae_final_loss": float(np.mean(ae_losses[-50:])) if ae_losses else None,
+            "dit_final_loss": float(np.mean(dit_losses[-100:])),
+            "seconds_this_run": {
+                "autoencoder": round(ae_seconds, 1),
+                "total": round(time.perf_counter() - start, 1),
+            },
             "torch_threads": torch.get_num_threads(),
-            "bytes": {path.name: path.stat().st_size for path in sorted(staging.glob("*.safetensors"))},
         }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -67,6 +67,7 @@ class TrainConfig:
     log: Optional[str] = None
     remove_prefix: str = "pipe.dit."
     num_workers: int = 0
+    mixed_precision: Optional[str] = None  # None = the accelerate config's; "bf16" also runs on CPUs with bf16 units
 
 
 @dataclass
@@ -239,7 +240,11 @@ def train(config: TrainConfig) -> dict:
     check_config(config)
     # --trainable patterns may select tensors a forward pass never reaches; DDP must not wait for their gradients.
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, kwargs_handlers=[unused])
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        kwargs_handlers=[unused],
+    )
     dataset = L2PImageDataset(config.dataset, config.max_pixels, require_seed=config.noise == "seed")
     if accelerator.is_main_process and dataset.skipped:
         total = len(dataset.skipped) + len(dataset)

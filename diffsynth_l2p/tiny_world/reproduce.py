@@ -1,0 +1,293 @@
+"""``l2p tiny-world reproduce``: the whole tiny-world L2P chain from scratch in one directory, resumable.
+
+Layout of the output directory:
+
+- ``teacher/``: the latent teacher (DiffSynth's stock ``ZImagePipeline`` runs it);
+- ``student/``: the L2P student made from it with ``synthesize`` -> ``convert`` -> ``train`` -> ``merge``;
+- ``report/``: ``summary.json`` (recipes, ShapeEval of real images, teacher and student, retention, time and
+  machine load per stage), ``report.md`` and ``grid.png`` (prompts x seeds for real, teacher and student);
+- ``work/``: every intermediate product; a rerun after a kill continues from it.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..atomic import atomic_open
+from ..pipelines.loading import load_pipeline
+from ..tiny import DIT_FILE, SHIPPED_STUDENT_DIR
+from .shape_eval import evaluate, evaluate_pipeline
+from .shapes import CATEGORIES, IMAGE_SIZE, Scene, evaluation_scenes, render_scene
+from .student import StudentRecipe, train_student
+from .teacher import ASSETS_DIR as TEACHER_ASSETS_DIR
+from .teacher import DIT_FILE as TEACHER_DIT_FILE
+from .teacher import VAE_DECODER_FILE, VAE_ENCODER_FILE, TeacherRecipe, load_teacher, train_teacher
+
+TIMING_FILE = "timing.json"
+SUMMARY_FILE = "summary.json"
+GRID_PROMPTS_PER_CATEGORY = 3
+GATE_PER_CATEGORY, GATE_SEEDS = 3, (0, 1)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How ShapeEval samples: seeds per held-out prompt, sampling steps and CFG scale."""
+
+    seeds: Tuple[int, ...] = (0, 1, 2, 3)
+    steps: int = 20
+    cfg_scale: float = 4.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole reproduction: teacher, student and evaluation settings."""
+
+    teacher: TeacherRecipe = field(default_factory=TeacherRecipe)
+    student: StudentRecipe = field(default_factory=StudentRecipe)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+
+# Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate).
+SMOKE_RECIPE = Recipe(
+    teacher=TeacherRecipe(dataset_size=256, ae_steps=20, ae_batch_size=8, dit_steps=20, dit_batch_size=8),
+    student=StudentRecipe(corpus_images=24, synthesis_steps=2, train_steps=4, batch_size=4, synthesis_processes=1),
+    evaluation=EvalSettings(seeds=(0,), steps=2),
+)
+
+
+@contextmanager
+def timed_stage(timing_file: Path, stage: str) -> Iterator[None]:
+    """Add the stage's wall time and the machine's 1-minute load average (start, end) to ``timing_file``."""
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    try:
+        yield
+    finally:
+        timing = json.loads(timing_file.read_text(encoding="utf-8")) if timing_file.exists() else {}
+        runs = timing.setdefault(stage, [])
+        runs.append(
+            {
+                "seconds": round(time.perf_counter() - start, 1),
+                "load_start": round(load_start, 2),
+                "load_end": round(os.getloadavg()[0], 2),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+        with atomic_open(timing_file) as file:
+            json.dump(timing, file, indent=2)
+
+
+def evaluate_models(
+    teacher_dir: Path, student_dir: Path, settings: EvalSettings
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[np.ndarray]], Dict[str, float]]:
+    """ShapeEval reports and images of real renders, the teacher and the student, and the seconds each took."""
+    scenes, seeds = evaluation_scenes(), settings.seeds
+    reports, images, seconds = {}, {}, {}
+    rng = np.random.default_rng(0)
+    images["real"] = [np.asarray(render_scene(scene, rng)) for scene in scenes for _ in seeds]
+    reports["real"] = evaluate(zip(images["real"], [scene for scene in scenes for _ in seeds], strict=True))
+    for name, load in (("teacher", lambda: load_teacher(teacher_dir)), ("student", lambda: load_pipeline(student_dir))):
+        pipe = load()
+        start = time.perf_counter()
+        reports[name], images[name] = evaluate_pipeline(pipe, scenes, seeds, settings.steps, settings.cfg_scale)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    return reports, images, seconds
+
+
+def write_grid(path: Path, images: Dict[str, List[np.ndarray]], num_seeds: int) -> List[str]:
+    """A PNG of prompts (rows) x seeds for each model (column blocks); returns the prompts shown."""
+    scenes = evaluation_scenes()
+    rows = [
+        index
+        for category in CATEGORIES
+        for index in [i for i, scene in enumerate(scenes) if scene.category == category][:GRID_PROMPTS_PER_CATEGORY]
+    ]
+    gap = 8
+    block = num_seeds * IMAGE_SIZE
+    canvas = np.full((len(rows) * IMAGE_SIZE, len(images) * (block + gap) - gap, 3), 128, np.uint8)
+    for column, model in enumerate(images):
+        for row, index in enumerate(rows):
+            for seed in range(num_seeds):
+                top, left = row * IMAGE_SIZE, column * (block + gap) + seed * IMAGE_SIZE
+                canvas[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE] = images[model][index * num_seeds + seed]
+    Image.fromarray(canvas).save(path)
+    return [scenes[index].caption for index in rows]
+
+
+def format_report(reports: Dict[str, Dict[str, float]]) -> str:
+    """The ShapeEval table (one row per model) and the retention line, as Markdown."""
+    columns = list(CATEGORIES) + ["overall", "color"]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, report in reports.items():
+        lines.append(f"| {name} | " + " | ".join(f"{report[column]:.3f}" for column in columns) + " |")
+    if "teacher" in reports and "student" in reports and reports["teacher"]["overall"] > 0:
+        retention = reports["student"]["overall"] / reports["teacher"]["overall"]
+        lines.append(f"\nretention (student / teacher overall): {retention:.3f}")
+    return "\n".join(lines)
+
+
+def reproduce(out_dir: Union[str, os.PathLike], recipe: Recipe = Recipe()) -> Dict[str, Any]:
+    """Run (or resume) the chain into ``out_dir``; return the summary also written to ``report/summary.json``."""
+    out_dir = Path(out_dir)
+    work, report_dir = out_dir / "work", out_dir / "report"
+    work.mkdir(parents=True, exist_ok=True)
+    timing_file = work / TIMING_FILE
+    teacher_dir, student_dir = out_dir / "teacher", out_dir / "student"
+
+    if not (teacher_dir / TEACHER_DIT_FILE).exists():
+        with timed_stage(timing_file, "teacher"):
+            train_teacher(teacher_dir, work / "teacher", recipe.teacher)
+    if not (student_dir / DIT_FILE).exists():
+        with timed_stage(timing_file, "student"):
+            train_student(student_dir, work / "student", teacher_dir, recipe.student)
+    with timed_stage(timing_file, "evaluation"):
+        reports, images, eval_seconds = evaluate_models(teacher_dir, student_dir, recipe.evaluation)
+        report_dir.mkdir(exist_ok=True)
+        grid_prompts = write_grid(report_dir / "grid.png", images, len(recipe.evaluation.seeds))
+
+    timing = json.loads(timing_file.read_text(encoding="utf-8"))
+    stage_seconds = {stage: round(sum(run["seconds"] for run in runs), 1) for stage, runs in timing.items()}
+    summary = {
+        "recipe": asdict(recipe),
+        "shape_eval": reports,
+        "retention": reports["student"]["overall"] / reports["teacher"]["overall"]
+        if reports["teacher"]["overall"]
+        else None,
+        "eval_prompts": len(evaluation_scenes()),
+        "eval_seconds": eval_seconds,
+        "stage_seconds": stage_seconds,
+        "total_seconds": round(sum(stage_seconds.values()), 1),
+        "timing_runs": timing,
+        "grid_prompts": grid_prompts,
+        "bytes": {
+            str(path.relative_to(out_dir)): path.stat().st_size
+            for path in sorted([*teacher_dir.rglob("*.safetensors"), *student_dir.rglob("*.safetensors")])
+        },
+    }
+    with atomic_open(report_dir / SUMMARY_FILE) as file:
+        json.dump(summary, file, indent=2)
+    with atomic_open(report_dir / "report.md") as file:
+        file.write(f"# Tiny-world reproduction\n\n{format_report(reports)}\n\n")
+        file.write(f"Time per stage (s): {stage_seconds}; total {summary['total_seconds']} s.\n\n![grid](grid.png)\n")
+    return summary
+
+
+def gate_scenes() -> List[Scene]:
+    """The quality gate's fixed subset of the held-out prompts: the first three of each category."""
+    scenes = evaluation_scenes()
+    return [
+        scene for category in CATEGORIES for scene in [s for s in scenes if s.category == category][:GATE_PER_CATEGORY]
+    ]
+
+
+def gate_score(pipe: Any, settings: EvalSettings = EvalSettings()) -> float:
+    """ShapeEval overall of ``pipe`` on :func:`gate_scenes` with two seeds: seconds on a CPU, for CI."""
+    report, _ = evaluate_pipeline(pipe, gate_scenes(), GATE_SEEDS, settings.steps, settings.cfg_scale)
+    return report["overall"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ship(out_dir: Union[str, os.PathLike], assets_dir: Union[str, os.PathLike] = SHIPPED_STUDENT_DIR) -> Dict[str, Any]:
+    """Replace the package's tiny-world assets with a finished reproduction in ``out_dir`` (maintainers).
+
+    The student set goes to ``assets_dir`` and the teacher's own files to ``assets_dir/teacher`` (the text encoder
+    and tokenizer are shared), with ``summary.json``: the reproduction's summary, the SHA-256 of every shipped
+    file and the student's quality-gate score.
+    """
+    out_dir, assets_dir = Path(out_dir), Path(assets_dir)
+    summary = json.loads((out_dir / "report" / "summary.json").read_text(encoding="utf-8"))
+    staging = Path(tempfile.mkdtemp(prefix=".assets-", dir=assets_dir.parent))
+    shutil.copytree(out_dir / "student", staging, dirs_exist_ok=True)
+    (staging / "teacher").mkdir()
+    for name in (TEACHER_DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE):
+        shutil.copyfile(out_dir / "teacher" / name, staging / "teacher" / name)
+    summary["gate"] = {
+        "score": gate_score(load_pipeline(staging), EvalSettings(**summary["recipe"]["evaluation"])),
+        "prompts": len(gate_scenes()),
+        "seeds": list(GATE_SEEDS),
+    }
+    summary["sha256"] = {
+        str(path.relative_to(staging)): _sha256(path) for path in sorted(staging.rglob("*")) if path.is_file()
+    }
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    retired = assets_dir.with_name(f".{assets_dir.name}-old")
+    if assets_dir.exists():
+        os.replace(assets_dir, retired)
+    os.replace(staging, assets_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+    return summary
+
+
+def evaluate_directories(
+    model_dir: Union[str, os.PathLike, None], settings: EvalSettings = EvalSettings()
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float]]:
+    """ShapeEval of one model directory (teacher or L2P), or of the shipped teacher and student when None."""
+    if model_dir is None:
+        models = {"teacher": lambda: load_teacher(), "student": lambda: load_pipeline(SHIPPED_STUDENT_DIR)}
+    elif (Path(model_dir) / TEACHER_DIT_FILE).is_file():
+        models = {"teacher": lambda: load_teacher(model_dir)}
+    else:
+        models = {"student": lambda: load_pipeline(model_dir)}
+    reports, seconds = {}, {}
+    for name, load in models.items():
+        pipe = load()
+        start = time.perf_counter()
+        reports[name], _ = evaluate_pipeline(pipe, None, settings.seeds, settings.steps, settings.cfg_scale)
+        seconds[name] = time.perf_counter() - start
+    return reports, seconds
+
+
+def ablation_recipes(train_steps: Optional[int] = None) -> Dict[str, StudentRecipe]:
+    """The paper's ablations at tiny scale, equal steps and seeds: data source, and what is trained."""
+    base = StudentRecipe()
+    if train_steps is not None:
+        base = replace(base, train_steps=train_steps)
+    return {
+        "teacher-data release": base,
+        "real-data release": replace(base, data="real"),
+        "teacher-data full": replace(base, preset="full"),
+        "teacher-data lora": replace(base, preset="lora:16"),
+    }
+
+
+def ablations(
+    out_dir: Union[str, os.PathLike],
+    teacher_dir: Union[str, os.PathLike, None] = None,
+    train_steps: Optional[int] = None,
+    settings: EvalSettings = EvalSettings(),
+) -> Dict[str, Dict[str, float]]:
+    """Train and score one student per :func:`ablation_recipes` variant from the same teacher (resumable)."""
+    out_dir = Path(out_dir)
+    teacher_dir = Path(teacher_dir) if teacher_dir is not None else TEACHER_ASSETS_DIR
+    reports = {}
+    for name, student_recipe in ablation_recipes(train_steps).items():
+        slug = name.replace(" ", "-")
+        student_dir = out_dir / slug
+        if not (student_dir / DIT_FILE).exists():
+            with timed_stage(out_dir / TIMING_FILE, slug):
+                train_student(student_dir, out_dir / "work" / slug, teacher_dir, student_recipe)
+        reports[name], _ = evaluate_pipeline(
+            load_pipeline(student_dir), None, settings.seeds, settings.steps, settings.cfg_scale
+        )
+    with atomic_open(out_dir / "ablations.json") as file:
+        json.dump(reports, file, indent=2)
+    return reports

@@ -1,0 +1,168 @@
+"""The tiny world: teacher training and registration, batched sampling, the shipped weights and their gates."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffsynth.configs import MODEL_CONFIGS
+from diffsynth.pipelines.z_image import ZImagePipeline
+from PIL import Image
+
+from diffsynth_l2p.pipelines.loading import load_pipeline
+from diffsynth_l2p.tiny import SHIPPED_STUDENT_DIR, build_tiny_l2p, default_model_dir
+from diffsynth_l2p.tiny_world.reproduce import SUMMARY_FILE, _sha256, gate_scenes, gate_score
+from diffsynth_l2p.tiny_world.sampling import sample_images
+from diffsynth_l2p.tiny_world.shape_eval import score_image
+from diffsynth_l2p.tiny_world.shapes import sample_dataset
+from diffsynth_l2p.tiny_world.student import teacher_source, training_records
+from diffsynth_l2p.tiny_world.teacher import (
+    ASSETS_DIR,
+    DiTTrainer,
+    TeacherRecipe,
+    encode_captions,
+    images_to_tensor,
+    load_teacher,
+    register_teacher_models,
+    teacher_model_configs,
+    train_autoencoder,
+)
+
+SUMMARY = json.loads((SHIPPED_STUDENT_DIR / SUMMARY_FILE).read_text(encoding="utf-8"))
+DIFFSYNTH_NAMES = {"z_image_dit", "flux_vae_encoder", "flux_vae_decoder"}
+
+
+@pytest.fixture(scope="module")
+def teacher() -> ZImagePipeline:
+    return load_teacher()
+
+
+@pytest.fixture(scope="module")
+def student():
+    return load_pipeline(SHIPPED_STUDENT_DIR)
+
+
+def test_teacher_parts_are_registered_under_names_of_our_own():
+    hashes = register_teacher_models()
+    assert register_teacher_models() == hashes
+    for model_hash in hashes.values():
+        (entry,) = [entry for entry in MODEL_CONFIGS if entry["model_hash"] == model_hash]
+        assert entry["model_name"].startswith("l2p_tiny_world_") and entry["model_name"] not in DIFFSYNTH_NAMES
+
+
+def test_shipped_teacher_runs_in_dffsynths_stock_pipeline(teacher):
+    assert type(teacher) is ZImagePipeline and type(teacher.dit).__name__ == "ZImageDiT"
+    image = teacher("a red circle on the left", cfg_scale=2.0, height=64, width=64, seed=0, num_inference_steps=10)
+    again = teacher("a red circle on the left", cfg_scale=2.0, height=64, width=64, seed=0, num_inference_steps=10)
+    assert image.size == (64, 64)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(again))
+
+
+@pytest.mark.parametrize("model", ["teacher", "student"])
+def test_batched_sampling_matches_the_pipelines_own_calls(model, teacher, student):
+    pipe = teacher if model == "teacher" else student
+    prompts, seeds = ["a yellow square above a red circle", "two green triangles"], [3, 7]
+    batched = sample_images(pipe, prompts, seeds, steps=10, cfg_scale=2.0)
+    for prompt, seed, image in zip(prompts, seeds, batched, strict=True):
+        single = pipe(prompt=prompt, cfg_scale=2.0, height=64, width=64, seed=seed, num_inference_steps=10)
+        difference = np.abs(np.asarray(single, np.int16) - image.astype(np.int16))
+        assert difference.mean() < 2.0  # bf16 batch rounding only: a few levels on a few pixels
+        assert score_image(image, prompt) == score_image(np.asarray(single), prompt)
+
+
+def test_teacher_dit_training_resumes_exactly(tmp_path):
+    images, captions = zip(*sample_dataset(32, seed=0), strict=True)
+    encoder, _, losses = train_autoencoder(images_to_tensor(list(images)), steps=6, batch_size=4)
+    assert len(losses) == 6
+    with torch.no_grad():
+        latents = encoder(images_to_tensor(list(images)))
+    files = build_tiny_l2p(tmp_path / "text", seed=0)
+    embeddings = encode_captions(Path(files["text_encoder"][0]).parent, Path(files["tokenizer"]), [*captions, ""])
+    recipe = TeacherRecipe(dit_steps=4, dit_batch_size=4)
+    args = (latents, [embeddings[caption] for caption in captions], embeddings[""], recipe)
+
+    straight = DiTTrainer(*args)
+    for _ in range(4):
+        straight.train_step()
+    first = DiTTrainer(*args)
+    for _ in range(2):
+        first.train_step()
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = DiTTrainer(*args)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    for _ in range(2):
+        resumed.train_step()
+    assert resumed.losses == straight.losses
+    for a, b in zip(resumed.ema, straight.ema, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_missing_teacher_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="l2p tiny-world reproduce"):
+        teacher_model_configs(tmp_path)
+
+
+def test_training_records_exclude_held_out_pairs():
+    from diffsynth_l2p.tiny_world.shapes import parse_caption
+
+    records = training_records(500, seed=1)
+    assert not any(parse_caption(record["prompt"]).is_held_out() for record in records)
+    assert {record["category"] for record in records} == {"single", "position", "count", "relation"}
+    assert records == training_records(500, seed=1)
+    with pytest.raises(ValueError, match="one directory"):
+        teacher_source(["a", "b"])
+
+
+def test_shipped_files_are_the_recorded_reproduction():
+    shipped = {
+        str(path.relative_to(SHIPPED_STUDENT_DIR)): _sha256(path)
+        for path in sorted(SHIPPED_STUDENT_DIR.rglob("*"))
+        if path.is_file() and path.name != SUMMARY_FILE
+    }
+    assert shipped == SUMMARY["sha256"]
+    assert sum(path.stat().st_size for path in SHIPPED_STUDENT_DIR.rglob("*") if path.is_file()) < 20 * 2**20
+    assert default_model_dir() == SHIPPED_STUDENT_DIR and (ASSETS_DIR / "dit.safetensors").is_file()
+
+
+def test_shipped_scores_meet_the_floors():
+    teacher, student = SUMMARY["shape_eval"]["teacher"], SUMMARY["shape_eval"]["student"]
+    assert SUMMARY["retention"] == pytest.approx(student["overall"] / teacher["overall"])
+    assert SUMMARY["shape_eval"]["real"]["overall"] == 1.0
+    assert SUMMARY["eval_prompts"] >= 40 and len(SUMMARY["recipe"]["evaluation"]["seeds"]) >= 4
+
+
+def test_quality_gate_holds_for_the_shipped_student_and_fails_for_a_random_one(student, tiny_model_set):
+    threshold = SUMMARY["gate"]["score"] - 0.05
+    assert len(gate_scenes()) == SUMMARY["gate"]["prompts"] == 12
+    assert gate_score(student) >= threshold
+    assert gate_score(load_pipeline(tiny_model_set)) < threshold
+
+
+def test_make_demo_draws_its_prompt_with_the_default_model(tmp_path):
+    """`make demo`'s command, run as is: ShapeEval must read the prompt in the image."""
+    from diffsynth_l2p.cli import main
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text(encoding="utf-8")
+    prompt = makefile.split('l2p generate --prompt "', 1)[1].split('"', 1)[0]
+    assert main(["generate", "--prompt", prompt, "--out", str(tmp_path / "demo.png")]) == 0
+    with Image.open(tmp_path / "demo.png") as image:
+        assert image.size == (64, 64)
+        assert score_image(image, prompt)
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_runs_the_whole_chain_and_resumes(tmp_path):
+    """The chain with tiny budgets (CI's smoke run): every stage's product, the report, then a resumed rerun."""
+    from diffsynth_l2p.tiny_world.reproduce import SMOKE_RECIPE, reproduce
+
+    summary = reproduce(tmp_path, SMOKE_RECIPE)
+    assert set(summary["shape_eval"]) == {"real", "teacher", "student"}
+    assert set(summary["stage_seconds"]) == {"teacher", "student", "evaluation"}
+    assert (tmp_path / "report" / "grid.png").is_file() and (tmp_path / "report" / "report.md").is_file()
+    assert load_pipeline(tmp_path / "student")(prompt="a red circle", height=64, width=64, num_inference_steps=2)
+    student = (tmp_path / "student" / "l2p-dit.safetensors").stat().st_mtime_ns
+    again = reproduce(tmp_path, SMOKE_RECIPE)  # finished stages are not redone; only the evaluation reruns
+    assert (tmp_path / "student" / "l2p-dit.safetensors").stat().st_mtime_ns == student
+    assert again["shape_eval"] == summary["shape_eval"]
+    assert len(again["timing_runs"]["evaluation"]) == 2 and len(again["timing_runs"]["teacher"]) == 1
