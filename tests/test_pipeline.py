@@ -122,7 +122,7 @@ def test_sizes_over_the_pixel_cap_or_the_position_grid_are_rejected_before_alloc
     with pytest.raises(ValueError, match=r"position embedding covers at most 128x128 tokens"):
         pipe(PROMPT, **dict(FAST, height=4096, width=64))
     monkeypatch.setattr(pipe, "max_pixels", 32 * 32)
-    with pytest.raises(ValueError, match=r"over this pipeline's cap of 1,024"):
+    with pytest.raises(ValueError, match=r"over the cap of 1,024 \(max_pixels\)"):
         pipe(PROMPT, **FAST)
 
 
@@ -205,10 +205,18 @@ def test_non_image_input_image_names_the_fix(pipe):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(num_inference_steps=0), ValueError, "num_inference_steps must be a positive integer"),
-        (dict(num_images=0), ValueError, "num_images must be a positive integer"),
-        (dict(height=0), ValueError, "height must be a positive integer"),
-        (dict(width=64.0), ValueError, "width must be a positive integer"),
+        (dict(num_inference_steps=0), ValueError, "num_inference_steps must be an integer >= 1, got 0"),
+        (dict(num_images=0), ValueError, "num_images must be an integer >= 1"),
+        (dict(height=0), ValueError, "height must be an integer >= 16, got 0"),
+        (dict(height=15), ValueError, "height must be an integer >= 16, got 15"),
+        (dict(width=64.0), ValueError, "width must be an integer, got 64.0"),
+        (dict(cfg_scale=float("nan")), ValueError, "cfg_scale must be a finite number, got nan"),
+        (dict(cfg_scale=float("inf")), ValueError, "cfg_scale must be a finite number, got inf"),
+        (dict(cfg_scale=-1.0), ValueError, "cfg_scale must be >= 0, got -1"),
+        (dict(sigma_shift=0.0), ValueError, "sigma_shift must be > 0, got 0"),
+        (dict(sigma_shift=float("nan")), ValueError, "sigma_shift must be a finite number"),
+        (dict(seed=-1), ValueError, r"seed must be an integer in 0..18446744073709551615, got -1"),
+        (dict(seed=2**64 - 1, num_images=2), ValueError, r"seed must be an integer in 0..18446744073709551614"),
         (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),
         (dict(denoising_strength=0.5), ValueError, "only applies to img2img: pass input_image"),
         (dict(negative_prompt=None), TypeError, "negative_prompt must be a string"),

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ..atomic import atomic_open
+from ..validation import DEFAULT_MAX_PIXELS, check_float, check_image_size, check_int, check_seed, same_file
 from .prompts import Record, read_prompts, record_category
 
 DEFAULT_PIPELINE_CLASS = "diffsynth.pipelines.z_image.ZImagePipeline"
@@ -211,6 +212,15 @@ class SynthesisSettings:
     negative_prompt: str = ""
     base_seed: int = 0
     rand_device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would fail on every row or write junk images (NaN CFG, zero steps, huge sizes)."""
+        check_image_size(self.height, self.width, DEFAULT_MAX_PIXELS)
+        check_int(self.num_inference_steps, "num_inference_steps")
+        check_float(self.cfg_scale, "cfg_scale")
+        if self.sigma_shift is not None:
+            check_float(self.sigma_shift, "sigma_shift", inclusive=False)
+        check_seed(self.base_seed, "base_seed")
 
     def call_kwargs(self, pipe: Any, prompt: str, seed: int) -> Dict[str, Any]:
         """Keyword arguments of ``pipe(...)`` for one image, restricted to what ``pipe.__call__`` accepts."""
@@ -515,7 +525,11 @@ class SynthesisJob:
 
     def validate(self) -> List[Record]:
         """Cheap checks before any model is loaded: the prompt file and the output folder; return the records."""
+        for name in (METADATA_FILE, SETTINGS_FILE):
+            if same_file(self.prompt_file, os.path.join(self.output_dir, name)):
+                raise ValueError(f"The prompt file {self.prompt_file} is the corpus' {name}; pass a prompt list.")
         records = read_prompts(self.prompt_file)
+        check_seed(self.settings.base_seed, "base seed", count=len(records))
         prepare_output_dir(self.output_dir)
         return records
 

@@ -8,7 +8,6 @@ import copy
 import math
 import os
 import warnings
-from numbers import Real
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -24,13 +23,12 @@ from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
 from ..models.z_image_l2p_dit import ZImageL2PDiT
 from ..registry import L2P_DIT_MODEL_NAME, find_registered
 from ..tiny import register_tiny_models
+from ..validation import DEFAULT_MAX_PIXELS, check_device, check_float, check_image_size, check_int, check_seed
 
 # DiffSynth's loader must know the tiny model set's files (its text encoder is our class): ~40 ms, meta device.
 register_tiny_models()
 
 LATENT_DIT_MODEL_NAME = "z_image_dit"
-# Larger images are rejected before anything is allocated; raise ``pipe.max_pixels`` to allow them.
-DEFAULT_MAX_PIXELS = 4096 * 4096
 TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"
 TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
 
@@ -59,7 +57,7 @@ class ZImageL2PPipeline(BasePipeline):
         self.text_encoder: Optional[torch.nn.Module] = None
         self.dit: Optional[ZImageL2PDiT] = None
         self.tokenizer = None
-        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.max_pixels = DEFAULT_MAX_PIXELS  # larger images are refused before anything is allocated
         self.in_iteration_models = ("dit",)
         self.units = [
             ZImageUnit_ShapeChecker(),
@@ -81,6 +79,7 @@ class ZImageL2PPipeline(BasePipeline):
         vram_limit: Optional[float] = None,
     ) -> "ZImageL2PPipeline":
         """Load the L2P DiT and the Z-Image text encoder from ``model_configs`` and the tokenizer."""
+        check_device(str(device))
         pipe = ZImageL2PPipeline(device=device, torch_dtype=torch_dtype)
         if vram_limit is not None and not hasattr(getattr(torch, pipe.device_type, None), "mem_get_info"):
             warnings.warn(f"vram_limit is ignored on {pipe.device_type}: it has no memory to query.", stacklevel=2)
@@ -158,22 +157,22 @@ class ZImageL2PPipeline(BasePipeline):
         denoising_strength: float,
         num_images: int,
         input_image: Optional[Image.Image],
+        sigma_shift: Optional[float] = None,
+        seed: Optional[int] = None,
     ) -> Tuple[int, int]:
         """Validate the call's arguments before anything is allocated; return the size rounded up to the patch."""
         self.check_models()
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
-        if not isinstance(cfg_scale, Real):
-            raise TypeError(f"cfg_scale must be a number, got {type(cfg_scale).__name__}.")
-        for name, value in (
-            ("height", height),
-            ("width", width),
-            ("num_inference_steps", num_inference_steps),
-            ("num_images", num_images),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_float(cfg_scale, "cfg_scale")
+        if sigma_shift is not None:
+            check_float(sigma_shift, "sigma_shift", inclusive=False)
+        check_int(num_inference_steps, "num_inference_steps")
+        check_int(num_images, "num_images")
+        if seed is not None:
+            check_seed(seed, "seed", num_images)
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
         if not 0 < denoising_strength <= 1:
             raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
         if denoising_strength < 1 and input_image is None:
@@ -184,11 +183,7 @@ class ZImageL2PPipeline(BasePipeline):
         if input_image is not None:
             check_input_image(input_image)
         height, width = self.check_resize_height_width(height, width)
-        if height * width > self.max_pixels:
-            raise ValueError(
-                f"{height}x{width} is {height * width:,} pixels, over this pipeline's cap of {self.max_pixels:,} "
-                "(pipe.max_pixels); lower height/width or raise pipe.max_pixels."
-            )
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
         patch = self.dit.patch_size
         max_h, max_w = self.dit.axes_lens[1], self.dit.axes_lens[2]
         if height // patch > max_h or width // patch > max_w:
@@ -242,6 +237,8 @@ class ZImageL2PPipeline(BasePipeline):
             denoising_strength,
             num_images,
             input_image,
+            sigma_shift,
+            seed,
         )
         if sigma_shift is None:
             sigma_shift = default_sigma_shift(height, width)
