@@ -2,10 +2,11 @@
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, List, Union
 
 
 def _fsync(path: str) -> None:
@@ -16,18 +17,69 @@ def _fsync(path: str) -> None:
         os.close(descriptor)
 
 
+def current_umask() -> int:
+    """The process umask, read from ``/proc`` where possible (setting it to read it is racy with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _temp_prefix(path: Union[str, os.PathLike]) -> str:
+    """Temporary names ``.<name>.<pid>.<random>.tmp``: the pid tells a rerun which ones were left by dead writers."""
+    return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def remove_stale_temps(path: Union[str, os.PathLike]) -> List[str]:
+    """Delete the temporary files or folders a killed writer of ``path`` left beside it; return what was removed."""
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    removed = []
+    for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+        match = pattern.fullmatch(entry)
+        if not match or _is_running(int(match.group(1))):
+            continue
+        stale = os.path.join(directory, entry)
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[str]:
     """Yield a temporary path beside ``path`` to write; on success it is fsynced and renamed to ``path``, else removed.
 
     The directory is fsynced after the rename, so after a crash ``path`` holds either the old or the new file,
-    never a partial one.
+    never a partial one. The file gets the permissions the umask gives new files (0644 under umask 022), and
+    temporary files of earlier writers of ``path`` that were killed are removed first.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    remove_stale_temps(path)
+    handle, temp_path = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     os.close(handle)
     try:
+        os.chmod(temp_path, 0o666 & ~current_umask())  # mkstemp's 0600 would stick to the output
         yield temp_path
         _fsync(temp_path)
         os.replace(temp_path, path)
@@ -56,8 +108,9 @@ def atomic_directory(path: Union[str, os.PathLike], what: str = "the output") ->
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} is not empty; choose a new directory for {what}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    staging.chmod(path.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would stick to the final folder
+    remove_stale_temps(path)
+    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would stick to the final folder
     try:
         yield staging
         try:

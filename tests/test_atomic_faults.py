@@ -1,0 +1,91 @@
+"""Loss-free faults: kills during an atomic write never harm the old output, and reruns remove what they left."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffsynth_l2p.atomic import atomic_directory, atomic_path, remove_stale_temps
+
+BIG = 16 * 1024 * 1024  # float32 values: a 64 MB output
+
+
+def temp_files(directory: Path) -> list:
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temp_files_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "out.safetensors"
+    stale = tmp_path / f".out.safetensors.{dead_pid()}.abc123_x.tmp"
+    stale_dir = tmp_path / f".out.safetensors.{dead_pid()}.zz9.tmp"
+    live = tmp_path / f".out.safetensors.{os.getpid()}.live.tmp"  # a writer still running: kept
+    other = tmp_path / f".other.safetensors.{dead_pid()}.abc.tmp"  # another target's: kept
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    stale_dir.mkdir()
+    with atomic_path(target) as temp:
+        Path(temp).write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert temp_files(tmp_path) == sorted([live.name, other.name])
+    assert remove_stale_temps(tmp_path / "other.safetensors") == [str(other)]
+
+
+def test_failed_directory_write_leaves_no_staging_folder(tmp_path):
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "model") as staging:
+        (staging / "weights.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def merge_command(tmp_path: Path) -> list:
+    """``l2p merge`` of a 64 MB checkpoint B with a small A into tmp_path/out.safetensors."""
+    file_a, file_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    if not file_b.exists():
+        save_file({"big": torch.zeros(BIG), "small": torch.zeros(4)}, str(file_b))
+        save_file({"small": torch.ones(4)}, str(file_a))
+    code = "import sys; from diffsynth_l2p.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, "merge", "--file_a", str(file_a), "--file_b", str(file_b),
+            "--file_out", str(tmp_path / "out.safetensors")]
+
+
+def kill_while_writing(tmp_path: Path, signum: int) -> subprocess.Popen:
+    """Start a merge and send ``signum`` once its temporary output has grown past 1 MB."""
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen(merge_command(tmp_path), env=environment, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        temps = [tmp_path / name for name in temp_files(tmp_path)]
+        if any(path.exists() and path.stat().st_size > 2**20 for path in temps):
+            process.send_signal(signum)
+            break
+        time.sleep(0.002)
+    process.wait(timeout=60)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_during_merge_keeps_the_old_output_and_leaves_no_temp_files(tmp_path, signum):
+    old = tmp_path / "out.safetensors"
+    save_file({"old": torch.arange(3.0)}, str(old))
+    old_bytes = old.read_bytes()
+    process = kill_while_writing(tmp_path, signum)
+    assert process.returncode in (-signum, 128 + signum), process.stderr.read().decode()
+    assert old.read_bytes() == old_bytes
+    if signum == signal.SIGKILL:
+        assert len(temp_files(tmp_path)) == 1  # the kill left a partial temporary file...
+        rerun = subprocess.run(merge_command(tmp_path), env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert rerun.returncode == 0
+        assert load_file(str(old))["small"].tolist() == [1.0] * 4
+    assert temp_files(tmp_path) == []  # ...which the rerun removed; SIGTERM removes its own
