@@ -31,6 +31,21 @@ def current_umask() -> int:
     return mask
 
 
+def apply_umask(path: Union[str, os.PathLike]) -> None:
+    """Give ``path`` (and everything under a folder) the permissions the umask gives new files and folders.
+
+    Writers that create files 0600 (``tempfile``, safetensors' ``save_file``) would otherwise leave outputs
+    unreadable to the group whatever the umask; executable files stay executable.
+    """
+    mask = current_umask()
+    paths = [path] + [os.path.join(root, name) for root, dirs, files in os.walk(path) for name in dirs + files]
+    for entry in paths:
+        if os.path.islink(entry):
+            continue
+        executable = os.path.isdir(entry) or os.stat(entry).st_mode & 0o111
+        os.chmod(entry, (0o777 if executable else 0o666) & ~mask)
+
+
 def _is_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,8 +94,8 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[str]:
     handle, temp_path = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     os.close(handle)
     try:
-        os.chmod(temp_path, 0o666 & ~current_umask())  # mkstemp's 0600 would stick to the output
         yield temp_path
+        apply_umask(temp_path)
         _fsync(temp_path)
         os.replace(temp_path, path)
         if os.name == "posix":  # directories cannot be opened for fsync on Windows
@@ -110,9 +125,9 @@ def atomic_directory(path: Union[str, os.PathLike], what: str = "the output") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would stick to the final folder
     try:
         yield staging
+        apply_umask(staging)
         try:
             os.replace(staging, path)  # an empty folder is replaced; a non-empty one (a racing writer) is not
         except OSError as error:

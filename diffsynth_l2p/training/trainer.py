@@ -24,7 +24,7 @@ from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..atomic import atomic_open
+from ..atomic import apply_umask, atomic_open
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
 from .arguments import LOG_FORMATS, NOISE_MODES
@@ -169,6 +169,7 @@ def save_training_state(accelerator: Accelerator, output_path: str, step: int) -
     accelerator.save_state(temp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        apply_umask(temp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)
         for name in os.listdir(root):
