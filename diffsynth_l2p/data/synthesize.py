@@ -10,6 +10,7 @@ Worker ``r`` of ``w`` takes the rows ``i % w == r``; ``merge_shards`` unions the
 """
 
 import csv
+import ctypes
 import glob
 import importlib
 import inspect
@@ -17,6 +18,8 @@ import io
 import json
 import os
 import re
+import signal
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -43,6 +46,7 @@ IMAGES_DIR = "images"
 SHARDS_DIR = "shards"
 COLUMNS = ("image", "prompt", "seed")
 CATEGORY_COLUMN = "category"
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _IMAGE_NAME = re.compile(r"^images/(\d{6,})\.png$")
 
 
@@ -541,6 +545,19 @@ def run_job(job: SynthesisJob, rank: int = 0, world_size: int = 1) -> SynthesisS
     return synthesize(pipe, records, job.output_dir, job.settings, rank, world_size)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker receive SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``), so no orphan keeps writing.
+
+    Elsewhere only a parent already gone at start is noticed. A worker whose parent died before the call exits.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSummary:
     """Run ``num_processes`` spawned workers on disjoint shards of the job, then merge their shards."""
     import multiprocessing
@@ -551,7 +568,8 @@ def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSumm
     if num_processes == 1:
         summary = run_job(job)
     else:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_processes, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             parts = pool.starmap(run_job, [(job, rank, num_processes) for rank in range(num_processes)])
         summary = sum(parts, SynthesisSummary())
     merge_shards(job.output_dir)
