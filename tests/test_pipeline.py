@@ -95,7 +95,7 @@ def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch):
             v_pos, v_neg = pipe.dit(x, t, positive), pipe.dit(x, t, negative)
             x = x + (v_neg + cfg * (v_pos - v_neg)) * (sigma_next - sigma)
     assert (recorder.samples[0] - x[0]).abs().max().item() <= 1e-5
-    expected = ((x[0] + 1) * 127.5).clip(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = (((x[0] + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(np.asarray(image), expected)
 
 
@@ -367,3 +367,17 @@ def test_bf16_pipeline_keeps_pixels_and_noise_in_fp32(tiny_model_set, monkeypatc
     noise = pipe.units[2].process(pipe, height=64, width=64, seed=3, rand_device="cpu", num_images=2)["noise"]
     expected = [torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
     assert noise.dtype == torch.float32 and torch.equal(noise, torch.cat(expected))
+
+
+def test_pixels_are_rounded_to_uint8_like_the_release(pipe, monkeypatch):
+    # (x + 1) / 2, clamped, * 255, rounded: worked out by hand for each value.
+    values = [-1.0, 1.0, -0.5, 0.2, 0.9, -0.99, 2.0, -3.0]
+    expected = [0, 255, 64, 153, 242, 1, 255, 0]  # truncation would give 63 for -0.5 and 152 for 0.2
+    image = pipe.vae_output_to_image(torch.tensor(values).reshape(1, 1, 8).expand(3, 1, 8), pattern="C H W")
+    assert np.asarray(image)[0, :, 0].tolist() == expected
+
+    recorder = FinalSamples(pipe, monkeypatch)
+    generated = np.asarray(pipe(PROMPT, **FAST)).astype(int)
+    unit = ((recorder.samples[0].float() + 1) / 2).clamp(0, 1) * 255
+    assert (generated == unit.round().permute(1, 2, 0).numpy()).all()
+    assert (generated != unit.floor().permute(1, 2, 0).numpy()).any()  # the check tells rounding from truncation

@@ -16,6 +16,7 @@ from diffsynth.core.device.npu_compatible_device import get_device_type
 from diffsynth.diffusion import FlowMatchScheduler
 from diffsynth.diffusion.base_pipeline import BasePipeline, PipelineUnit
 from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, ZImageUnit_ShapeChecker
+from einops import reduce
 from PIL import Image
 from tqdm import tqdm
 
@@ -192,6 +193,16 @@ class ZImageL2PPipeline(BasePipeline):
                 f"covers at most {max_h}x{max_w} tokens ({max_h * patch}x{max_w * patch} pixels)."
             )
         return height, width
+
+    def vae_output_to_image(
+        self, vae_output: torch.Tensor, pattern: str = "B C H W", min_value: float = -1, max_value: float = 1
+    ) -> Image.Image:
+        """DiffSynth's tensor -> PIL conversion, but rounding to the nearest uint8 like the release (DiffSynth
+        truncates, which makes about a third of the values one lower)."""
+        if pattern != "H W C":
+            vae_output = reduce(vae_output, f"{pattern} -> H W C", reduction="mean")
+        unit = ((vae_output.float() - min_value) / (max_value - min_value)).clamp(0, 1)
+        return Image.fromarray(unit.mul(255).round().to(device="cpu", dtype=torch.uint8).numpy())
 
     def load_models_to_device(self, model_names: Sequence[str]) -> None:
         """DiffSynth's onload/offload; on devices without ``empty_cache`` (CPU) it is done here without it."""
