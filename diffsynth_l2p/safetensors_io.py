@@ -6,6 +6,7 @@ the 6B model never holds two copies of it in memory.
 """
 
 import contextlib
+import itertools
 import json
 import os
 import struct
@@ -89,11 +90,13 @@ def read_header(path: Union[str, os.PathLike]) -> Layout:
             header = json.loads(file.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise _corrupt(path, f"unreadable header: {error}") from None
+        except RecursionError:
+            raise _corrupt(path, "header JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     header.pop("__metadata__", None)
     layout: Layout = {}
-    data_end = 0
+    ranges = []
     for key, entry in header.items():
         try:
             info = TensorInfo(entry["dtype"], tuple(int(size) for size in entry["shape"]))
@@ -104,7 +107,12 @@ def read_header(path: Union[str, os.PathLike]) -> Layout:
         if end - begin != expected_bytes or begin < 0:
             raise _corrupt(path, f"{key!r} has {end - begin} bytes of data, expected {expected_bytes}")
         layout[key] = info
-        data_end = max(data_end, end)
+        ranges.append((begin, end, key))
+    ranges.sort()
+    for (_, end, key), (begin, _, next_key) in itertools.pairwise(ranges):
+        if begin != end:  # safetensors stores tensors back to back
+            raise _corrupt(path, f"the data of {key!r} and {next_key!r} {'overlap' if begin < end else 'leave a gap'}")
+    data_end = ranges[-1][1] if ranges else 0
     if 8 + header_size + data_end != file_size:
         raise _corrupt(path, f"header describes {8 + header_size + data_end} bytes but the file has {file_size}")
     return layout

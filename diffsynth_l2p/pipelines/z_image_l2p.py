@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
 from ..models.z_image_l2p_dit import ZImageL2PDiT
 from ..registry import L2P_DIT_MODEL_NAME, find_registered
+from ..safetensors_io import read_headers
 from ..tiny import register_tiny_models
 from ..validation import DEFAULT_MAX_PIXELS, check_device, check_float, check_image_size, check_int, check_seed
 
@@ -423,7 +424,8 @@ def _resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
 
 
 def _check_checkpoint(path: Union[str, List[str]]) -> None:
-    """Reject, before loading, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+    """Reject, before loading, damaged files, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+    read_headers([file for file in (path if isinstance(path, list) else [path]) if file.endswith(".safetensors")])
     model_hash = hash_model_file(path)
     names = {entry["model_name"] for entry in find_registered(model_hash)}
     if not names:
