@@ -360,7 +360,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, source_dir, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "fine"}\n\n{"prompt": \n{"text": "no prompt key"}\n')
     message = _error(capsys, _args(str(broken), tmp_path / "b", source_dir))
-    assert "line 3: not valid JSON" in message and "line 4: expected an object" in message
+    assert "line 3: not valid JSON" in message and "line 4: 'prompt' must be a non-empty string" in message
 
     good = tmp_path / "good.txt"
     good.write_text(PROMPTS[0] + "\n")
