@@ -366,7 +366,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, source_dir, capsys):
     good.write_text(PROMPTS[0] + "\n")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert "Cannot write to output directory" in _error(capsys, _args(str(good), blocker / "out", source_dir))
+    assert "is a file, not a directory" in _error(capsys, _args(str(good), blocker / "out", source_dir))
     if os.geteuid() != 0:  # root ignores directory permissions
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

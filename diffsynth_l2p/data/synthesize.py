@@ -19,8 +19,10 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
+import urllib.parse
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -29,7 +31,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ..atomic import atomic_open
-from ..validation import DEFAULT_MAX_PIXELS, check_float, check_image_size, check_int, check_seed, same_file
+from ..validation import (
+    DEFAULT_MAX_PIXELS,
+    check_float,
+    check_image_size,
+    check_int,
+    check_output_dir,
+    check_seed,
+    same_file,
+)
 from .prompts import Record, read_prompts, record_category
 
 DEFAULT_PIPELINE_CLASS = "diffsynth.pipelines.z_image.ZImagePipeline"
@@ -389,6 +399,48 @@ def source_model_configs(source_model: Sequence[str], tokenizer: Optional[str] =
     return configs, ModelConfig(path=tokenizer) if tokenizer else None
 
 
+def check_hub_reachable() -> None:
+    """Fail at once, not after the hub client's retries, when the download host's name does not resolve (offline).
+
+    Nothing is checked when ``DIFFSYNTH_SKIP_DOWNLOAD=True`` (DiffSynth then only looks at local files).
+    """
+    if os.environ.get("DIFFSYNTH_SKIP_DOWNLOAD", "").lower() == "true":
+        return
+    if os.environ.get("DIFFSYNTH_DOWNLOAD_SOURCE", "").lower() == "huggingface":
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    else:
+        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or os.environ.get("MODELSCOPE_DOMAIN") or "modelscope.cn"
+    host = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}").hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        raise ConnectionError(
+            f"The model hub {host} is unreachable ({error}); this machine looks offline. Set "
+            "DIFFSYNTH_SKIP_DOWNLOAD=True to use files already under $DIFFSYNTH_MODEL_BASE_PATH (default ./models)."
+        ) from None
+
+
+def resolve_source_files(model_configs: Sequence[Any], tokenizer_config: Any) -> None:
+    """Download or find every source file before the pipeline is built; offline, name the files to fetch.
+
+    With ``DIFFSYNTH_SKIP_DOWNLOAD=True`` a missing file fails at once instead of after the hub's timeouts.
+    """
+    from ..pipelines.z_image_l2p import resolve_files
+
+    try:
+        if any(config.path is None for config in [*model_configs, tokenizer_config] if config is not None):
+            check_hub_reachable()
+        for config in model_configs:
+            resolve_files(config)
+        if tokenizer_config is not None:
+            resolve_files(tokenizer_config, is_dir=True)
+    except (OSError, RuntimeError) as error:
+        raise FileNotFoundError(
+            f"{error} For `l2p synthesize`, fetch Z-Image-Turbo (transformer/, text_encoder/, vae/, tokenizer/) "
+            "and pass its folder with --source_model."
+        ) from None
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """How to build the source latent pipeline: a factory ``module:function``, or a class + model files."""
@@ -416,6 +468,7 @@ class SourceSpec:
         else:
             pipeline_class = import_object(self.pipeline_class)
             model_configs, tokenizer_config = source_model_configs(self.source_model, self.tokenizer)
+            resolve_source_files(model_configs, tokenizer_config)
             kwargs = dict(torch_dtype=torch_dtype, device=self.device, model_configs=model_configs)
             if tokenizer_config is not None:
                 kwargs["tokenizer_config"] = tokenizer_config
@@ -534,7 +587,7 @@ class SynthesisJob:
                 raise ValueError(f"The prompt file {self.prompt_file} is the corpus' {name}; pass a prompt list.")
         records = read_prompts(self.prompt_file)
         check_seed(self.settings.base_seed, "base seed", count=len(records))
-        prepare_output_dir(self.output_dir)
+        check_output_dir(self.output_dir, "--output_dir")  # created only once the source pipeline has loaded
         return records
 
 

@@ -89,7 +89,7 @@ class ZImageL2PPipeline(BasePipeline):
         # Copies: resolving fills in paths, which must not stick to the caller's (or the default) configs.
         model_configs = [copy.copy(config) for config in model_configs]
         for config in model_configs:
-            _resolve_files(config)
+            resolve_files(config)
             _check_checkpoint(config.path)
         model_pool = pipe.download_and_load_models(model_configs, vram_limit)
         pipe.dit = model_pool.fetch_model(L2P_DIT_MODEL_NAME)
@@ -98,7 +98,7 @@ class ZImageL2PPipeline(BasePipeline):
             from transformers import AutoTokenizer
 
             tokenizer_config = copy.copy(tokenizer_config)
-            _resolve_files(tokenizer_config, is_dir=True)
+            resolve_files(tokenizer_config, is_dir=True)
             pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
         pipe.check_models()
         pipe.height_division_factor = pipe.width_division_factor = pipe.dit.size_multiple
@@ -400,8 +400,8 @@ def _set_onloaded(model: torch.nn.Module, onload: bool) -> None:
         module.onload() if onload else module.offload()
 
 
-def _resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
-    """``config.download_if_necessary()``, with errors that say which files to fetch and how."""
+def resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
+    """``config.download_if_necessary()``, with errors that say which files to fetch and how (fills ``config.path``)."""
     source = (
         config.path or f"ModelConfig(model_id={config.model_id!r}, origin_file_pattern={config.origin_file_pattern!r})"
     )
