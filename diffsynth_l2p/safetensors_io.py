@@ -19,6 +19,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .validation import check_output_file
 
 PathOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
@@ -197,16 +198,10 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_output_path(output_path: Union[str, os.PathLike], inputs: PathOrPaths) -> str:
-    """Refuse an output path that is (or resolves to) one of the inputs, or is not *.safetensors; return it."""
+    """Refuse an output path that is one of the inputs, a directory, unwritable or not *.safetensors; return it."""
     output = os.fspath(output_path)
     _require_suffix(output)
-    for path in as_path_list(inputs):
-        same = os.path.realpath(output) == os.path.realpath(path)
-        if not same and os.path.exists(output) and os.path.exists(path):
-            same = os.path.samefile(output, path)
-        if same:
-            raise ValueError(f"Output path {output} is also an input; choose a new file name so the input is kept.")
-    return output
+    return check_output_file(output, as_path_list(inputs))
 
 
 @contextlib.contextmanager

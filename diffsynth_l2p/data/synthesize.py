@@ -9,6 +9,7 @@ flight, a torn last line is dropped on the next start, and rerunning the same co
 Worker ``r`` of ``w`` takes the rows ``i % w == r``; ``merge_shards`` unions the shards into ``metadata.csv``.
 """
 
+import contextlib
 import csv
 import ctypes
 import glob
@@ -430,10 +431,11 @@ def resolve_source_files(model_configs: Sequence[Any], tokenizer_config: Any) ->
     try:
         if any(config.path is None for config in [*model_configs, tokenizer_config] if config is not None):
             check_hub_reachable()
-        for config in model_configs:
-            resolve_files(config)
-        if tokenizer_config is not None:
-            resolve_files(tokenizer_config, is_dir=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth's download-source banner; errors say it all
+            for config in model_configs:
+                resolve_files(config)
+            if tokenizer_config is not None:
+                resolve_files(tokenizer_config, is_dir=True)
     except (OSError, RuntimeError) as error:
         raise FileNotFoundError(
             f"{error} For `l2p synthesize`, fetch Z-Image-Turbo (transformer/, text_encoder/, vae/, tokenizer/) "

@@ -111,7 +111,6 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError("--log tensorboard needs the tensorboard package: pip install tensorboard.") from error
     check_output_dir(config.output_path, "--output_path folder")
     check_not_an_input(config.output_path, [config.dataset], "--output_path folder")
-    os.makedirs(config.output_path, exist_ok=True)
 
 
 def find_state(output_path: str, resume: str) -> str:
@@ -254,6 +253,7 @@ def train(config: TrainConfig) -> dict:
     state_dir = find_state(config.output_path, config.resume) if config.resume else None
     plan = training_precision(accelerator)
     model = build_training_module(config, accelerator, dataset.prompts, plan)
+    os.makedirs(config.output_path, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
     trainable = model.trainable
 
     world, accum = accelerator.num_processes, config.gradient_accumulation_steps
