@@ -9,7 +9,7 @@ from typing import List, NoReturn, Optional
 from .validation import check_device, check_output_dir, check_output_file, float_option, int_option, seed_option
 
 # Errors whose message is written for the user; any other exception type is named in the one-line report too.
-_EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+_EXPECTED_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 DEBUG_ENV = "L2P_DEBUG"
 
 # Each verb adds its sub-parser in a `_add_<verb>` function and sets `func` to its `_run_<verb>` handler.
