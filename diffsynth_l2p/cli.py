@@ -4,6 +4,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from typing import List, NoReturn, Optional
 
 from .validation import check_device, check_output_dir, check_output_file, float_option, int_option, seed_option
@@ -169,8 +170,9 @@ def _run_generate(args: argparse.Namespace) -> int:
     else:
         check_output_dir(args.out, "--out folder")
     files = resolve_model_files(args.model)
-    height, width = native_size(files["dit"])
-    height, width = args.height or height, args.width or width
+    native_height, native_width = native_size(files["dit"])
+    height = native_height if args.height is None else args.height
+    width = native_width if args.width is None else args.width
     check_image_size(height, width, DEFAULT_MAX_PIXELS, step=1)  # before loading; the pipeline checks the patch
     # DiffSynth's loader reports on stdout; keep stdout for the written paths.
     with contextlib.redirect_stdout(sys.stderr):
@@ -579,7 +581,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -591,7 +594,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_error_line(args.command, error), file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
