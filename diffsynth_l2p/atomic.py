@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, List, Union
+from typing import IO, Iterator, List, Set, Union
 
 
 def _fsync(path: str) -> None:
@@ -56,28 +56,40 @@ def _is_running(pid: int) -> bool:
     return True
 
 
+# Temporary names ``.<name>.l2p<pid>.<random>.tmp``: the pid tells a later run which ones were left by dead writers.
+_TEMP_NAME = re.compile(r"\..+\.l2p(\d+)\.[A-Za-z0-9_]+\.tmp")
+# Directories this process has already cleaned: one scan each, not one per write (a corpus folder has 1M images).
+_cleaned_directories: Set[str] = set()
+
+
 def _temp_prefix(path: Union[str, os.PathLike]) -> str:
-    """Temporary names ``.<name>.<pid>.<random>.tmp``: the pid tells a rerun which ones were left by dead writers."""
-    return f".{os.path.basename(path)}.{os.getpid()}."
+    return f".{os.path.basename(path)}.l2p{os.getpid()}."
 
 
-def remove_stale_temps(path: Union[str, os.PathLike]) -> List[str]:
-    """Delete the temporary files or folders a killed writer of ``path`` left beside it; return what was removed."""
-    directory, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+def remove_stale_temps(directory: Union[str, os.PathLike]) -> List[str]:
+    """Delete the temporary files and folders that killed writers left in ``directory``; return what was removed."""
     removed = []
-    for entry in os.listdir(directory) if os.path.isdir(directory) else []:
-        match = pattern.fullmatch(entry)
-        if not match or _is_running(int(match.group(1))):
-            continue
-        stale = os.path.join(directory, entry)
-        if os.path.isdir(stale) and not os.path.islink(stale):
-            shutil.rmtree(stale, ignore_errors=True)
+    with os.scandir(directory) as entries:
+        matches = [(entry, _TEMP_NAME.fullmatch(entry.name)) for entry in entries]
+    stale = [entry for entry, match in matches if match and not _is_running(int(match.group(1)))]
+    for entry in stale:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-        removed.append(stale)
+                os.remove(entry.path)
+        removed.append(entry.path)
     return removed
+
+
+def _prepare_directory(path: Union[str, os.PathLike]) -> str:
+    """Create the folder of ``path``; the first time this process writes there, remove stale temporaries."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    if directory not in _cleaned_directories:
+        remove_stale_temps(directory)
+        _cleaned_directories.add(directory)
+    return directory
 
 
 @contextlib.contextmanager
@@ -86,11 +98,9 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[str]:
 
     The directory is fsynced after the rename, so after a crash ``path`` holds either the old or the new file,
     never a partial one. The file gets the permissions the umask gives new files (0644 under umask 022), and
-    temporary files of earlier writers of ``path`` that were killed are removed first.
+    temporary files that killed writers left in the folder are removed on this process's first write there.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    remove_stale_temps(path)
+    directory = _prepare_directory(path)
     handle, temp_path = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     os.close(handle)
     try:
@@ -122,8 +132,7 @@ def atomic_directory(path: Union[str, os.PathLike], what: str = "the output") ->
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} is not empty; choose a new directory for {what}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    _prepare_directory(path)
     staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield staging

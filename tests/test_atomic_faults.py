@@ -26,20 +26,22 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_temp_files_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+def test_temp_files_of_dead_writers_are_removed_by_the_first_write_into_their_folder(tmp_path):
     target = tmp_path / "out.safetensors"
-    stale = tmp_path / f".out.safetensors.{dead_pid()}.abc123_x.tmp"
-    stale_dir = tmp_path / f".out.safetensors.{dead_pid()}.zz9.tmp"
-    live = tmp_path / f".out.safetensors.{os.getpid()}.live.tmp"  # a writer still running: kept
-    other = tmp_path / f".other.safetensors.{dead_pid()}.abc.tmp"  # another target's: kept
-    for path in (stale, live, other):
+    stale = tmp_path / f".out.safetensors.l2p{dead_pid()}.abc123_x.tmp"
+    stale_dir = tmp_path / f".model.l2p{dead_pid()}.zz9.tmp"  # an atomic_directory's staging folder
+    live = tmp_path / f".out.safetensors.l2p{os.getpid()}.live.tmp"  # a writer still running: kept
+    foreign = tmp_path / f".notes.{dead_pid()}.abc.tmp"  # not ours: kept
+    for path in (stale, live, foreign):
         path.write_bytes(b"partial")
     stale_dir.mkdir()
     with atomic_path(target) as temp:
+        assert Path(temp).name.startswith(f".out.safetensors.l2p{os.getpid()}.")
         Path(temp).write_bytes(b"new")
     assert target.read_bytes() == b"new"
-    assert temp_files(tmp_path) == sorted([live.name, other.name])
-    assert remove_stale_temps(tmp_path / "other.safetensors") == [str(other)]
+    assert temp_files(tmp_path) == sorted([live.name, foreign.name])
+    stale.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == [str(stale)]
 
 
 def test_failed_directory_write_leaves_no_staging_folder(tmp_path):
