@@ -253,6 +253,21 @@ CASES: Dict[str, Case] = {
         "--seed: must be an integer in 0"),
     "synthesize --num_processes 0": Case(lambda i: _synthesize(i, "--num_processes", "0"), "--num_processes"),
     "merge a LoRA whose shapes do not fit": Case(_lora_that_does_not_fit, r"B \[128, 4\] @ A \[4, 7\].*\[128, 128\]"),
+    # More options that name what they need.
+    "train --model_paths that is not JSON": Case(
+        lambda i: _train(i, "--model_paths", "[model]", dataset=i.dataset()), "--model_paths is not valid JSON"),
+    "train --model_paths holding an object": Case(
+        lambda i: _train(i, "--model_paths", '{"dit": "x"}', dataset=i.dataset()), "must be a JSON list of paths"),
+    "train --resume a missing state": Case(
+        lambda i: _train(i, "--resume", i.path("state/step-9"), dataset=i.dataset()), "No training state at"),
+    "synthesize --rank past --world_size": Case(
+        lambda i: _synthesize(i, "--rank", "2", "--world_size", "2"), "--rank must be below --world_size"),
+    "convert --config bogus": Case(
+        lambda i: ["convert", "--latent_ckpt_files", *save_sharded(tiny_latent_state_dict(), i.root, shards=1),
+                   "--output_path", i.path("o.safetensors"), "--config", "bogus"], "Unknown L2P config 'bogus'"),
+    "merge a missing file": Case(
+        lambda i: ["merge", "--file_a", i.path("nope.safetensors"), "--file_b", i.tiny["dit"],
+                   "--file_out", i.path("m.safetensors")], "Checkpoint file not found"),  # fmt: skip
     # synthesize's default source (Z-Image-Turbo from the hub) offline.
     "synthesize offline": Case(_offline, "modelscope.cn is unreachable.*--source_model"),
     "synthesize with DIFFSYNTH_SKIP_DOWNLOAD and no local files": Case(
