@@ -237,7 +237,7 @@ def load(files: dict, **kwargs) -> ZImageL2PPipeline:
     configs = [ModelConfig(path=files["dit"]), ModelConfig(path=files["text_encoder"])]
     return ZImageL2PPipeline.from_pretrained(
         torch_dtype=torch.float32,
-        device="cpu",
+        device=kwargs.pop("device", "cpu"),
         model_configs=kwargs.pop("model_configs", configs),
         tokenizer_config=kwargs.pop("tokenizer_config", ModelConfig(path=files["tokenizer"])),
         **kwargs,
@@ -381,3 +381,12 @@ def test_pixels_are_rounded_to_uint8_like_the_release(pipe, monkeypatch):
     unit = ((recorder.samples[0].float() + 1) / 2).clamp(0, 1) * 255
     assert (generated == unit.round().permute(1, 2, 0).numpy()).all()
     assert (generated != unit.floor().permute(1, 2, 0).numpy()).any()  # the check tells rounding from truncation
+
+
+def test_missing_devices_are_refused_before_loading(tiny_model_set, monkeypatch):
+    monkeypatch.setattr(ZImageL2PPipeline, "download_and_load_models", lambda *a: pytest.fail("models were loaded"))
+    with pytest.raises(ValueError, match="Unknown device 'bogus'"):
+        load(tiny_model_set, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            load(tiny_model_set, device="cuda")
