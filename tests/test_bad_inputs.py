@@ -119,11 +119,13 @@ def _full_disk_merge(inputs: Inputs) -> List[str]:
             "--file_out", inputs.path("merged.safetensors")]  # fmt: skip
 
 
-def _offline(inputs: Inputs) -> List[str]:
+def _offline(inputs: Inputs, source: str = "") -> List[str]:
     def no_network(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
 
     inputs.monkeypatch.delenv("DIFFSYNTH_SKIP_DOWNLOAD", raising=False)
+    if source:
+        inputs.monkeypatch.setenv("DIFFSYNTH_DOWNLOAD_SOURCE", source)
     inputs.monkeypatch.setattr(socket, "getaddrinfo", no_network)
     return _synthesize(inputs, "--device", "cpu", factory=False)
 
@@ -270,6 +272,8 @@ CASES: Dict[str, Case] = {
                    "--file_out", i.path("m.safetensors")], "Checkpoint file not found"),  # fmt: skip
     # synthesize's default source (Z-Image-Turbo from the hub) offline.
     "synthesize offline": Case(_offline, "modelscope.cn is unreachable.*--source_model"),
+    "synthesize offline from Hugging Face": Case(
+        lambda i: _offline(i, "HuggingFace"), "huggingface.co is unreachable.*--source_model"),
     "synthesize with DIFFSYNTH_SKIP_DOWNLOAD and no local files": Case(
         lambda i: _synthesize(i, factory=False), r"Z-Image-Turbo.*file not found.*--source_model"),
 }
