@@ -51,30 +51,42 @@ def test_failed_directory_write_leaves_no_staging_folder(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def merge_command(tmp_path: Path) -> list:
-    """``l2p merge`` of a 64 MB checkpoint B with a small A into tmp_path/out.safetensors."""
+# `l2p merge` in a fresh interpreter; with a marker path first, it stops before its last tensor and touches the marker,
+# so a signal is sure to arrive mid-write whatever the machine's load.
+MERGE = """
+import pathlib, sys, time
+import diffsynth_l2p.merge as merge
+from diffsynth_l2p.cli import main
+
+write = merge.write_safetensors
+
+
+def write_then_pause(path, layout, fetch, *args, **kwargs):
+    def fetch_or_pause(key):
+        if key == list(layout)[-1]:
+            pathlib.Path(sys.argv[1]).touch()
+            time.sleep(600)
+        return fetch(key)
+
+    write(path, layout, fetch_or_pause, *args, **kwargs)
+
+
+if sys.argv[1]:
+    merge.write_safetensors = write_then_pause
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_merge(tmp_path: Path, marker: str = "") -> subprocess.Popen:
+    """Start ``l2p merge`` of a 64 MB checkpoint B with a small A into tmp_path/out.safetensors."""
     file_a, file_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     if not file_b.exists():
         save_file({"big": torch.zeros(BIG), "small": torch.zeros(4)}, str(file_b))
         save_file({"small": torch.ones(4)}, str(file_a))
-    code = "import sys; from diffsynth_l2p.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "merge", "--file_a", str(file_a), "--file_b", str(file_b),
-            "--file_out", str(tmp_path / "out.safetensors")]
-
-
-def kill_while_writing(tmp_path: Path, signum: int) -> subprocess.Popen:
-    """Start a merge and send ``signum`` once its temporary output has grown past 1 MB."""
+    output = tmp_path / "out.safetensors"
+    arguments = ["merge", "--file_a", str(file_a), "--file_b", str(file_b), "--file_out", str(output)]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    process = subprocess.Popen(merge_command(tmp_path), env=environment, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        temps = [tmp_path / name for name in temp_files(tmp_path)]
-        if any(path.exists() and path.stat().st_size > 2**20 for path in temps):
-            process.send_signal(signum)
-            break
-        time.sleep(0.002)
-    process.wait(timeout=60)
-    return process
+    return subprocess.Popen([sys.executable, "-c", MERGE, marker, *arguments], env=environment, stderr=subprocess.PIPE)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
@@ -82,12 +94,20 @@ def test_kill_during_merge_keeps_the_old_output_and_leaves_no_temp_files(tmp_pat
     old = tmp_path / "out.safetensors"
     save_file({"old": torch.arange(3.0)}, str(old))
     old_bytes = old.read_bytes()
-    process = kill_while_writing(tmp_path, signum)
+    marker = tmp_path / "paused"
+    process = run_merge(tmp_path, str(marker))
+    deadline = time.time() + 300
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    (temp,) = [tmp_path / name for name in temp_files(tmp_path)]
+    assert temp.stat().st_size >= 50 * 2**20  # the kill lands in the middle of a >= 50 MB write
+    process.send_signal(signum)
+    process.wait(timeout=60)
     assert process.returncode in (-signum, 128 + signum), process.stderr.read().decode()
     assert old.read_bytes() == old_bytes
     if signum == signal.SIGKILL:
-        assert len(temp_files(tmp_path)) == 1  # the kill left a partial temporary file...
-        rerun = subprocess.run(merge_command(tmp_path), env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-        assert rerun.returncode == 0
+        assert temp_files(tmp_path) == [temp.name]  # the kill left the partial temporary file...
+        rerun = run_merge(tmp_path)
+        assert rerun.wait(timeout=300) == 0
         assert load_file(str(old))["small"].tolist() == [1.0] * 4
     assert temp_files(tmp_path) == []  # ...which the rerun removed; SIGTERM removes its own
