@@ -1,6 +1,6 @@
 """Checks shared by the CLI, the Python API and the training/synthesis jobs: numbers, seeds, devices, outputs.
 
-Every check raises a ``ValueError`` (or ``FileNotFoundError``/``PermissionError``/``IsADirectoryError`` for
+Every check raises a ``ValueError`` (``PermissionError``, ``IsADirectoryError`` or ``NotADirectoryError`` for
 paths) whose message is one sentence naming the fix, before any model is loaded or any file written. The
 ``*_option`` factories wrap the same checks as ``argparse`` types, so ``l2p`` reports the option by name.
 """
