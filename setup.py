@@ -26,6 +26,9 @@ setup(
         "pillow",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "ruff", "gradio_client", "playwright"]},
+    extras_require={
+        "test": ["pytest", "ruff", "gradio_client", "playwright"],
+        "deepspeed": ["deepspeed"],  # train_run.sh / train_run_low_VRAM.sh (ZeRO-2, CPU optimizer offload)
+    },
     entry_points={"console_scripts": ["l2p = diffsynth_l2p.cli:main"]},
 )

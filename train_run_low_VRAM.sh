@@ -21,6 +21,11 @@ ACCELERATE_CONFIG=examples/z_image/accelerate_config_zero2_offload.yaml
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
 cd "$(dirname "$0")"
+# The accelerate configs use DeepSpeed, which is an optional extra.
+if ! "${PYTHON:-python3}" -c 'import deepspeed' >/dev/null 2>&1; then
+    echo "$(basename "$0"): DeepSpeed is not installed; run: pip install -e \".[deepspeed]\"" >&2
+    exit 1
+fi
 accelerate launch --config_file "$ACCELERATE_CONFIG" examples/z_image/train_L2P.py \
   --dataset_base_path "$DATASET" \
   --model "$MODEL" \

@@ -1,8 +1,17 @@
 """The ``l2p`` command: one verb per step of the L2P workflow, each a thin layer over a library function."""
 
 import argparse
+import os
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import List, NoReturn, Optional
+
+from .validation import check_device, check_output_dir, check_output_file, float_option, int_option, seed_option
+
+# Errors whose message is written for the user; any other exception type is named in the one-line report too.
+_EXPECTED_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
+DEBUG_ENV = "L2P_DEBUG"
 
 # Each verb adds its sub-parser in a `_add_<verb>` function and sets `func` to its `_run_<verb>` handler.
 # Heavy imports (torch, diffsynth) happen inside the handlers so `l2p --help` stays fast.
@@ -30,7 +39,7 @@ def _add_convert(sub) -> None:
         "--config", default=None, metavar="NAME",
         help=f"named L2P config of the output ({', '.join(L2P_CONFIGS)}); default: the one matching the source's sizes",
     )
-    parser.add_argument("--seed", type=int, default=42, help="seed of the new tensors' init (default: 42)")
+    parser.add_argument("--seed", type=seed_option(), default=42, help="seed of the new tensors' init (default: 42)")
     parser.add_argument(
         "--dry-run", action="store_true",
         help="read headers only; print the plan and the hash the output will have, write nothing",
@@ -116,14 +125,20 @@ def _add_generate(sub) -> None:
         help="a model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, the text-encoder "
         "shards and the tokenizer directory; default: the tiny model set",
     )
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
-    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 disables it (2.0)")
-    parser.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
-    parser.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the first image; image i uses seed+i (42)")
+    parser.add_argument("--steps", type=int_option(1), default=30, help="denoising steps (default: 30)")
+    parser.add_argument(
+        "--cfg", type=float_option(0), default=2.0, help="classifier-free guidance scale; 1 disables it (2.0)"
+    )
+    parser.add_argument("--height", type=int_option(1), default=None, help="image height (default: model's native)")
+    parser.add_argument("--width", type=int_option(1), default=None, help="image width (default: model's native)")
+    parser.add_argument("--seed", type=seed_option(), default=42, help="seed of image 0; image i uses seed+i (42)")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty)")
-    parser.add_argument("--shift", type=float, default=None, help="scheduler sigma shift (default: by image size)")
-    parser.add_argument("--num-images", "--num_images", type=int, default=1, help="images per prompt (default: 1)")
+    parser.add_argument(
+        "--shift", type=float_option(0, inclusive=False), default=None, help="scheduler sigma shift (default: by size)"
+    )
+    parser.add_argument(
+        "--num-images", "--num_images", type=int_option(1), default=1, help="images per prompt (default: 1)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -144,18 +159,27 @@ def _run_generate(args: argparse.Namespace) -> int:
     from .data.prompts import read_prompts
     from .generate import generate_to_files
     from .pipelines.loading import load_pipeline, native_size, resolve_model_files
+    from .validation import DEFAULT_MAX_PIXELS, check_image_size, check_seed
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
+    check_seed(args.seed, "--seed", args.num_images)
+    if args.out.lower().endswith(".png"):
+        check_output_file(args.out, [args.prompts] if args.prompts else [], "--out image")
+    else:
+        check_output_dir(args.out, "--out folder")
     files = resolve_model_files(args.model)
-    height, width = native_size(files["dit"])
+    native_height, native_width = native_size(files["dit"])
+    height = native_height if args.height is None else args.height
+    width = native_width if args.width is None else args.width
+    check_image_size(height, width, DEFAULT_MAX_PIXELS, step=1)  # before loading; the pipeline checks the patch
     # DiffSynth's loader reports on stdout; keep stdout for the written paths.
     with contextlib.redirect_stdout(sys.stderr):
         pipe = load_pipeline(files, device=device, torch_dtype=dtype)
         paths = generate_to_files(
             pipe, records, args.out,
-            height=args.height or height, width=args.width or width,
+            height=height, width=width,
             num_inference_steps=args.steps, cfg_scale=args.cfg, sigma_shift=args.shift,
             negative_prompt=args.negative, seed=args.seed, num_images=args.num_images, model=files["dit"],
         )
@@ -175,13 +199,14 @@ def _add_tiny_init(sub) -> None:
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="the directory to create (must not exist or be empty)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    parser.add_argument("--seed", type=seed_option(), default=0, help="seed of the random weights (default: 0)")
     parser.set_defaults(func=_run_tiny_init)
 
 
 def _run_tiny_init(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_l2p
 
+    check_output_dir(args.dir, "model folder")
     files = build_tiny_l2p(args.dir, seed=args.seed)
     print(f"dit: {files['dit']}")
     print(f"text_encoder: {' '.join(files['text_encoder'])}")
@@ -217,25 +242,31 @@ def _add_synthesize(sub) -> None:
         "--source_factory", "--source-factory", default=None, metavar="MODULE:FUNCTION",
         help="a callable factory(source_model=[...], device=..., torch_dtype=...) returning the source pipeline",
     )
-    parser.add_argument("--height", type=int, default=1024, help="image height (default: 1024)")
-    parser.add_argument("--width", type=int, default=1024, help="image width (default: 1024)")
+    parser.add_argument("--height", type=int_option(1), default=1024, help="image height (default: 1024)")
+    parser.add_argument("--width", type=int_option(1), default=1024, help="image width (default: 1024)")
     parser.add_argument(
-        "--num_inference_steps", "--steps", type=int, default=8, help="denoising steps (default: 8, Z-Image-Turbo)"
+        "--num_inference_steps", "--steps", type=int_option(1), default=8, help="denoising steps (default: 8, Turbo)"
     )
-    parser.add_argument("--cfg_scale", "--cfg", type=float, default=1.0, help="CFG scale (default: 1.0, Turbo)")
-    parser.add_argument("--sigma_shift", "--shift", type=float, default=None, help="scheduler shift (pipeline's)")
+    parser.add_argument("--cfg_scale", "--cfg", type=float_option(0), default=1.0, help="CFG scale (default: 1.0)")
+    parser.add_argument(
+        "--sigma_shift", "--shift", type=float_option(0, inclusive=False), default=None, help="scheduler shift"
+    )
     parser.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; row i uses seed + i (default: 0)")
+    parser.add_argument("--seed", type=seed_option(), default=0, help="base seed; row i uses seed + i (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16", help="model dtype (bfloat16)"
     )
-    parser.add_argument("--num_processes", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument(
-        "--rank", type=int, default=None,
+        "--num_processes", "--num-processes", type=int_option(1), default=1, help="worker processes (default: 1)"
+    )
+    parser.add_argument(
+        "--rank", type=int_option(0), default=None,
         help="run only this worker's rows (i %% world_size == rank), e.g. one per machine; then --merge-only",
     )
-    parser.add_argument("--world_size", "--world-size", type=int, default=None, help="number of workers with --rank")
+    parser.add_argument(
+        "--world_size", "--world-size", type=int_option(1), default=None, help="number of workers with --rank"
+    )
     parser.add_argument(
         "--merge-only", "--merge_only", action="store_true",
         help="only merge OUTPUT_DIR/shards/*.csv into OUTPUT_DIR/metadata.csv",
@@ -269,14 +300,14 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         raise ValueError("--rank and --world_size go together")
     if args.rank is not None and args.num_processes != 1:
         raise ValueError("--rank runs one worker; drop --num_processes (or drop --rank to let it start them)")
-    import torch
-
+    if args.rank is not None and args.rank >= args.world_size:
+        raise ValueError(f"--rank must be below --world_size ({args.world_size}), got {args.rank}.")
     source = SourceSpec(
         source_model=tuple(args.source_model),
         pipeline_class=args.pipeline_class or DEFAULT_PIPELINE_CLASS,
         factory=args.source_factory,
         tokenizer=args.tokenizer,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=check_device(args.device),
         torch_dtype=args.dtype,
     )
     settings = SynthesisSettings(
@@ -318,36 +349,41 @@ def _add_prompts(sub) -> None:
 
     expand = verbs.add_parser("expand", help="write prompts for every sub-class (templates or a local LLM)")
     expand.add_argument("--out", required=True, help="output .jsonl (full records) or .txt (prompts only)")
-    expand.add_argument("--per_sub_class", "--per-sub-class", type=int, default=20, help="prompts per sub-class (20)")
-    expand.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    expand.add_argument(
+        "--per_sub_class", "--per-sub-class", type=int_option(1), default=20, help="prompts per sub-class (20)"
+    )
+    expand.add_argument("--seed", type=seed_option(), default=0, help="random seed (default: 0)")
     expand.add_argument("--llm", default=None, metavar="DIR", help="local causal LM folder (default: templates)")
     expand.add_argument("--device", default="cpu", help="LLM device (default: cpu)")
-    expand.add_argument("--max_new_tokens", type=int, default=160, help="LLM reply length limit in tokens (160)")
-    expand.add_argument("--temperature", type=float, default=0.8, help="LLM sampling temperature (0.8)")
-    expand.add_argument("--batch_size", type=int, default=8, help="LLM requests per batch (8)")
+    expand.add_argument("--max_new_tokens", type=int_option(1), default=160, help="LLM reply limit in tokens (160)")
+    expand.add_argument(
+        "--temperature", type=float_option(0, inclusive=False), default=0.8, help="LLM sampling temperature (0.8)"
+    )
+    expand.add_argument("--batch_size", type=int_option(1), default=8, help="LLM requests per batch (8)")
     expand.set_defaults(func=_run_prompts_expand)
 
     filter_ = verbs.add_parser("filter", help="length window, format checks, normalized de-duplication")
     filter_.add_argument("input", metavar="FILE", help="prompt file (.jsonl or .txt)")
     filter_.add_argument("--out", required=True, help="output .jsonl or .txt")
-    filter_.add_argument("--min_chars", "--min-chars", type=int, default=100, help="shortest prompt kept (100)")
-    filter_.add_argument("--max_chars", "--max-chars", type=int, default=500, help="longest prompt kept (500)")
+    filter_.add_argument("--min_chars", "--min-chars", type=int_option(0), default=100, help="shortest prompt kept")
+    filter_.add_argument("--max_chars", "--max-chars", type=int_option(1), default=500, help="longest prompt kept")
     filter_.set_defaults(func=_run_prompts_filter)
 
     stats = verbs.add_parser("stats", help="counts per category, length statistics and a histogram PNG")
     stats.add_argument("input", metavar="FILE", help="prompt file (.jsonl or .txt)")
     stats.add_argument("--histogram", default=None, metavar="PNG", help="write the length histogram here")
-    stats.add_argument("--bins", type=int, default=20, help="histogram bins (default: 20)")
+    stats.add_argument("--bins", type=int_option(1), default=20, help="histogram bins (default: 20)")
     stats.set_defaults(func=_run_prompts_stats)
 
 
 def _run_prompts_expand(args: argparse.Namespace) -> int:
     from .data.prompts import expand_from_templates, expand_with_llm, write_prompts
 
+    check_output_file(args.out, [args.llm] if args.llm else [])
     if args.llm:
         records = expand_with_llm(
-            args.llm, args.per_sub_class, seed=args.seed, device=args.device, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, batch_size=args.batch_size,
+            args.llm, args.per_sub_class, seed=args.seed, device=check_device(args.device),
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, batch_size=args.batch_size,
         )
     else:
         records = expand_from_templates(args.per_sub_class, seed=args.seed)
@@ -359,6 +395,9 @@ def _run_prompts_expand(args: argparse.Namespace) -> int:
 def _run_prompts_filter(args: argparse.Namespace) -> int:
     from .data.prompts import filter_prompts, read_prompts, write_prompts
 
+    check_output_file(args.out, [args.input])
+    if args.min_chars > args.max_chars:
+        raise ValueError(f"--min_chars ({args.min_chars}) is above --max_chars ({args.max_chars}); swap them.")
     records = read_prompts(args.input)
     result = filter_prompts(records, args.min_chars, args.max_chars)
     write_prompts(result.kept, args.out)
@@ -371,6 +410,8 @@ def _run_prompts_filter(args: argparse.Namespace) -> int:
 def _run_prompts_stats(args: argparse.Namespace) -> int:
     from .data.prompts import draw_length_histogram, prompt_stats, read_prompts
 
+    if args.histogram:
+        check_output_file(args.histogram, [args.input], "histogram")
     records = read_prompts(args.input)
     stats = prompt_stats(records)
     length = stats["length"]
@@ -431,13 +472,6 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _add_tiny_world(sub) -> None:
     parser = sub.add_parser(
         "tiny-world",
@@ -459,7 +493,7 @@ def _add_tiny_world(sub) -> None:
         ),
     )
     reproduce.add_argument("out_dir", help="output directory (created; reuse it to resume)")
-    reproduce.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
+    reproduce.add_argument("--threads", type=int_option(1), default=2, help="torch threads (default: 2)")
     reproduce.add_argument(
         "--smoke", action="store_true", help="a minutes-long run with tiny budgets (checks the chain, not quality)"
     )
@@ -472,10 +506,10 @@ def _add_tiny_world(sub) -> None:
         help="ShapeEval on the held-out prompts: the shipped teacher and student, or one model directory",
     )
     evaluate.add_argument("--model", default=None, help="a teacher or L2P model directory (default: both shipped)")
-    evaluate.add_argument("--seeds", type=_positive_int, default=4, help="images per prompt (default: 4)")
-    evaluate.add_argument("--steps", type=_positive_int, default=20, help="sampling steps (default: 20)")
-    evaluate.add_argument("--cfg", type=float, default=4.0, help="CFG scale (default: 4.0, as the shipped scores)")
-    evaluate.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
+    evaluate.add_argument("--seeds", type=int_option(1), default=4, help="images per prompt (default: 4)")
+    evaluate.add_argument("--steps", type=int_option(1), default=20, help="sampling steps (default: 20)")
+    evaluate.add_argument("--cfg", type=float_option(0), default=4.0, help="CFG scale (default: 4.0, as the shipped scores)")
+    evaluate.add_argument("--threads", type=int_option(1), default=2, help="torch threads (default: 2)")
     evaluate.set_defaults(func=_run_tiny_world_eval)
     ablate = verbs.add_parser(
         "ablate",
@@ -483,8 +517,8 @@ def _add_tiny_world(sub) -> None:
     )
     ablate.add_argument("out_dir", help="output directory for the ablation students (reuse it to resume)")
     ablate.add_argument("--teacher", default=None, help="teacher directory (default: the shipped teacher)")
-    ablate.add_argument("--train-steps", type=_positive_int, default=None, help="student steps (default: recipe's)")
-    ablate.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
+    ablate.add_argument("--train-steps", type=int_option(1), default=None, help="student steps (default: recipe's)")
+    ablate.add_argument("--threads", type=int_option(1), default=2, help="torch threads (default: 2)")
     ablate.set_defaults(func=_run_tiny_world_ablate)
 
 
@@ -508,8 +542,6 @@ def _run_tiny_world_eval(args: argparse.Namespace) -> int:
 
     from .tiny_world.reproduce import EvalSettings, evaluate_directories, format_report
 
-    if args.cfg != args.cfg or args.cfg < 0 or args.cfg == float("inf"):
-        raise ValueError(f"--cfg must be a finite number >= 0, got {args.cfg}.")
     torch.set_num_threads(args.threads)
     settings = EvalSettings(seeds=tuple(range(args.seeds)), steps=args.steps, cfg_scale=args.cfg)
     reports, seconds = evaluate_directories(args.model, settings)
@@ -528,8 +560,27 @@ def _run_tiny_world_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line naming the help to read (sub-parsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message.rstrip('.')} (see {self.prog} --help)\n")
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``parser`` and every sub-parser, so it may follow any verb."""
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug_flag(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="l2p",
         description="L2P pixel-space Z-Image for DiffSynth-Studio: generate, convert, train, merge, inspect, demo.",
     )
@@ -545,16 +596,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_tiny_world(sub)
+    _add_debug_flag(parser)
     return parser
+
+
+def _error_line(command: str, error: BaseException) -> str:
+    """One line for ``error``: the message (newlines folded); unexpected kinds also name their type."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, _EXPECTED_ERRORS):
+        message = f"{type(error).__name__}: {message} (rerun with --debug for the traceback)"
+    return f"l2p {command}: error: {message}"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like an exception, so atomic writes in flight remove their temporary files."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        print(f"l2p {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"l2p {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(_error_line(args.command, error), file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

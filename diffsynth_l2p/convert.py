@@ -2,7 +2,8 @@
 
 Every source tensor whose key and shape the pixel model shares is copied bit for bit (source dtype
 kept); the latent patch embedder and ``all_final_layer`` are dropped; the pixel patch embedder and
-the ``local_decoder`` head get a fresh, seeded default initialisation.  Only those new modules are
+the ``local_decoder`` head get a fresh, seeded default initialisation, stored in float32 as the release
+stores them (a bf16 source would otherwise round the fresh weights before training starts).  Only those new modules are
 ever materialised, so converting the 6B model needs memory for one tensor at a time, not the model.
 """
 
@@ -155,11 +156,11 @@ def _check_source(source: Layout) -> Dict[str, int]:
     return dims
 
 
-def plan_conversion(source: Layout, config: ConfigArg = None, dtype: Optional[torch.dtype] = None) -> ConversionPlan:
+def plan_conversion(source: Layout, config: ConfigArg = None, dtype: torch.dtype = torch.float32) -> ConversionPlan:
     """Plan the conversion of a latent DiT with header ``source`` into ``ZImageL2PDiT(**config)``.
 
     ``config`` is a name in ``L2P_CONFIGS``, a kwargs dict, or None for the named config matching the
-    source's sizes.  New tensors are stored in ``dtype`` (default: the source's most common dtype).
+    source's sizes.  New tensors are stored in ``dtype`` (default: float32, like the release).
     """
     config_name, kwargs = _resolve_config(config, _check_source(source))
     target = meta_state_shapes(**kwargs)
@@ -176,10 +177,7 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: Optional[to
             f"The source lacks {len(missing_core)} backbone tensors of the L2P model, or has them in other shapes "
             f"(e.g. {missing_core[0]!r}); it cannot be converted with config {config_name or kwargs}."
         )
-    if dtype is not None:
-        new_dtype = DTYPE_NAMES[dtype]
-    else:
-        new_dtype = Counter(info.dtype for info in source.values()).most_common(1)[0][0]
+    new_dtype = DTYPE_NAMES[dtype]
     copied = tuple(key for key, shape in target.items() if key in source and source[key].shape == shape)
     new = tuple(key for key in target if key not in copied)
     layout = {key: source[key] if key in copied else TensorInfo(new_dtype, shape) for key, shape in target.items()}
@@ -271,7 +269,7 @@ def convert_latent_to_pixel(
     config: ConfigArg = None,
     seed: int = 42,
     dry_run: bool = False,
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ConversionReport:
     """Convert a latent Z-Image DiT (one file or shards) into an L2P pixel init at ``output_path``.
 

@@ -124,8 +124,17 @@ def fuse_lora(lora_file: PathOrPaths, base_file: PathOrPaths, file_out: Union[st
         pairs = GeneralLoRALoader().convert_state_dict({key: lora[key] for key in header_lora if ".lora_" in key})
         targets = {key[: -len(".lora_B.weight")] + ".weight" for key in pairs if key.endswith(".lora_B.weight")}
         missing = sorted(key for key in targets if key not in header_base)
+        lora_name, base_name = ", ".join(as_path_list(lora_file)), ", ".join(as_path_list(base_file))
         if not targets or missing:
-            raise ValueError(f"The LoRA in {lora_file} does not fit {base_file}: no base weight for {missing[:3]}.")
+            raise ValueError(f"The LoRA in {lora_name} does not fit {base_name}: no base weight for {missing[:3]}.")
+        for key in sorted(targets):
+            prefix = key[: -len(".weight")]
+            up, down = pairs[f"{prefix}.lora_B.weight"].shape, pairs[f"{prefix}.lora_A.weight"].shape
+            if len(up) != 2 or len(down) != 2 or up[1] != down[0] or (up[0], down[1]) != header_base[key].shape:
+                raise ValueError(
+                    f"The LoRA in {lora_name} does not fit {base_name}: {prefix} has B {list(up)} @ A {list(down)} "
+                    f"for a base weight of {list(header_base[key].shape)}; use the base the LoRA was trained on."
+                )
         plan = plan_merge({k: v for k, v in header_lora.items() if ".lora_" not in k}, header_base)
         chosen = set(plan.overwritten)
 

@@ -6,6 +6,7 @@ the 6B model never holds two copies of it in memory.
 """
 
 import contextlib
+import itertools
 import json
 import os
 import struct
@@ -18,6 +19,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .validation import check_output_file
 
 PathOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
@@ -89,11 +91,13 @@ def read_header(path: Union[str, os.PathLike]) -> Layout:
             header = json.loads(file.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise _corrupt(path, f"unreadable header: {error}") from None
+        except RecursionError:
+            raise _corrupt(path, "header JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     header.pop("__metadata__", None)
     layout: Layout = {}
-    data_end = 0
+    ranges = []
     for key, entry in header.items():
         try:
             info = TensorInfo(entry["dtype"], tuple(int(size) for size in entry["shape"]))
@@ -104,7 +108,12 @@ def read_header(path: Union[str, os.PathLike]) -> Layout:
         if end - begin != expected_bytes or begin < 0:
             raise _corrupt(path, f"{key!r} has {end - begin} bytes of data, expected {expected_bytes}")
         layout[key] = info
-        data_end = max(data_end, end)
+        ranges.append((begin, end, key))
+    ranges.sort()
+    for (_, end, key), (begin, _, next_key) in itertools.pairwise(ranges):
+        if begin != end:  # safetensors stores tensors back to back
+            raise _corrupt(path, f"the data of {key!r} and {next_key!r} {'overlap' if begin < end else 'leave a gap'}")
+    data_end = ranges[-1][1] if ranges else 0
     if 8 + header_size + data_end != file_size:
         raise _corrupt(path, f"header describes {8 + header_size + data_end} bytes but the file has {file_size}")
     return layout
@@ -189,16 +198,10 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_output_path(output_path: Union[str, os.PathLike], inputs: PathOrPaths) -> str:
-    """Refuse an output path that is (or resolves to) one of the inputs, or is not *.safetensors; return it."""
+    """Refuse an output path that is one of the inputs, a directory, unwritable or not *.safetensors; return it."""
     output = os.fspath(output_path)
     _require_suffix(output)
-    for path in as_path_list(inputs):
-        same = os.path.realpath(output) == os.path.realpath(path)
-        if not same and os.path.exists(output) and os.path.exists(path):
-            same = os.path.samefile(output, path)
-        if same:
-            raise ValueError(f"Output path {output} is also an input; choose a new file name so the input is kept.")
-    return output
+    return check_output_file(output, as_path_list(inputs))
 
 
 @contextlib.contextmanager

@@ -145,10 +145,38 @@ def test_read_prompts_errors_name_the_lines(tmp_path):
     with pytest.raises(ValueError) as error:
         read_prompts(str(bad))
     message = str(error.value)
-    assert "3 malformed jsonl line(s)" in message
+    assert "3 malformed record(s)" in message
     assert "line 2: expected an object" in message and "line 4: not valid JSON" in message and "line 5:" in message
     with pytest.raises(FileNotFoundError):
         read_prompts(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("p.jsonl", '{"prompt": "a", "seed": null}\n', r"line 1: 'seed' must be an integer in 0..2\*\*64-1, got null"),
+        ("p.jsonl", '{"prompt": "a cat", "seed": "7"}\n', "got the text '7' \\(write it without quotes\\)"),
+        ("p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": -1}\n', "line 2: 'seed' must be an integer"),
+        ("p.jsonl", '{"prompt": "a", "seed": 18446744073709551616}\n', "'seed' must be an integer"),
+        ("p.jsonl", '{"prompt": 5}\n', "line 1: 'prompt' must be a non-empty string, got 5"),
+        ("p.jsonl", '{"prompt": "a", "negative_prompt": 3}\n', "'negative_prompt' must be a string, got 3"),
+        ("p.jsonl", '["a cat"]\n', "line 1: expected an object .* got a list"),
+        ("p.json", '{"prompt": "a cat"}', "holds one JSON object; expected a list"),
+        ("p.json", '[{"prompt": "a"}, "b"]', "item 2: expected an object .* got the text 'b'"),
+        ("p.jsonl", "[" * 100_000 + "\n", "line 1: not valid JSON"),
+    ],
+)
+def test_prompt_records_are_schema_checked(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_prompts(str(path))
+
+
+def test_a_json_list_of_records_is_read(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"prompt": "a cat", "seed": 3}, {"prompt": "a dog"}], indent=2))
+    assert read_prompts(str(path)) == [{"prompt": "a cat", "seed": 3}, {"prompt": "a dog"}]
 
 
 def test_clean_generated_strips_llm_wrapping():

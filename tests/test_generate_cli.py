@@ -74,7 +74,7 @@ def test_bad_prompts_file_exits_with_a_message(tiny_model_set, tmp_path, capsys)
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text('{"text": "no prompt key"}\n')
     assert main(["generate", "--prompts", str(prompts), *model_args(tiny_model_set)]) == 2
-    assert "line 1: expected an object with a non-empty string 'prompt'" in capsys.readouterr().err
+    assert "line 1: 'prompt' must be a non-empty string, got null" in capsys.readouterr().err
 
 
 def test_tiny_init_writes_a_loadable_set_and_refuses_to_overwrite(tmp_path, capsys):

@@ -193,4 +193,4 @@ def test_merge_weights_script_prints_hash_and_model_and_exits_2_on_bad_input(fil
     assert f"output hash: {l2p_dit_hash(**TINY)}" in printed and f"DiffSynth model: {L2P_DIT_MODEL_NAME}" in printed
 
     assert main(["merge", "--file_a", str(file_a), "--file_b", str(file_b), "--file_out", str(file_a)]) == 2
-    assert "l2p merge: error: Output path" in capsys.readouterr().err
+    assert "l2p merge: error: The output" in capsys.readouterr().err

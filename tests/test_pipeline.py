@@ -95,7 +95,7 @@ def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch):
             v_pos, v_neg = pipe.dit(x, t, positive), pipe.dit(x, t, negative)
             x = x + (v_neg + cfg * (v_pos - v_neg)) * (sigma_next - sigma)
     assert (recorder.samples[0] - x[0]).abs().max().item() <= 1e-5
-    expected = ((x[0] + 1) * 127.5).clip(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = (((x[0] + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(np.asarray(image), expected)
 
 
@@ -122,7 +122,7 @@ def test_sizes_over_the_pixel_cap_or_the_position_grid_are_rejected_before_alloc
     with pytest.raises(ValueError, match=r"position embedding covers at most 128x128 tokens"):
         pipe(PROMPT, **dict(FAST, height=4096, width=64))
     monkeypatch.setattr(pipe, "max_pixels", 32 * 32)
-    with pytest.raises(ValueError, match=r"over this pipeline's cap of 1,024"):
+    with pytest.raises(ValueError, match=r"over the cap of 1,024 \(max_pixels\)"):
         pipe(PROMPT, **FAST)
 
 
@@ -205,10 +205,18 @@ def test_non_image_input_image_names_the_fix(pipe):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(num_inference_steps=0), ValueError, "num_inference_steps must be a positive integer"),
-        (dict(num_images=0), ValueError, "num_images must be a positive integer"),
-        (dict(height=0), ValueError, "height must be a positive integer"),
-        (dict(width=64.0), ValueError, "width must be a positive integer"),
+        (dict(num_inference_steps=0), ValueError, "num_inference_steps must be an integer >= 1, got 0"),
+        (dict(num_images=0), ValueError, "num_images must be an integer >= 1"),
+        (dict(height=0), ValueError, "height must be an integer >= 16, got 0"),
+        (dict(height=15), ValueError, "height must be an integer >= 16, got 15"),
+        (dict(width=64.0), ValueError, "width must be an integer, got 64.0"),
+        (dict(cfg_scale=float("nan")), ValueError, "cfg_scale must be a finite number, got nan"),
+        (dict(cfg_scale=float("inf")), ValueError, "cfg_scale must be a finite number, got inf"),
+        (dict(cfg_scale=-1.0), ValueError, "cfg_scale must be >= 0, got -1"),
+        (dict(sigma_shift=0.0), ValueError, "sigma_shift must be > 0, got 0"),
+        (dict(sigma_shift=float("nan")), ValueError, "sigma_shift must be a finite number"),
+        (dict(seed=-1), ValueError, r"seed must be an integer in 0..18446744073709551615, got -1"),
+        (dict(seed=2**64 - 1, num_images=2), ValueError, r"seed must be an integer in 0..18446744073709551614"),
         (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),
         (dict(denoising_strength=0.5), ValueError, "only applies to img2img: pass input_image"),
         (dict(negative_prompt=None), TypeError, "negative_prompt must be a string"),
@@ -229,7 +237,7 @@ def load(files: dict, **kwargs) -> ZImageL2PPipeline:
     configs = [ModelConfig(path=files["dit"]), ModelConfig(path=files["text_encoder"])]
     return ZImageL2PPipeline.from_pretrained(
         torch_dtype=torch.float32,
-        device="cpu",
+        device=kwargs.pop("device", "cpu"),
         model_configs=kwargs.pop("model_configs", configs),
         tokenizer_config=kwargs.pop("tokenizer_config", ModelConfig(path=files["tokenizer"])),
         **kwargs,
@@ -359,3 +367,26 @@ def test_bf16_pipeline_keeps_pixels_and_noise_in_fp32(tiny_model_set, monkeypatc
     noise = pipe.units[2].process(pipe, height=64, width=64, seed=3, rand_device="cpu", num_images=2)["noise"]
     expected = [torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
     assert noise.dtype == torch.float32 and torch.equal(noise, torch.cat(expected))
+
+
+def test_pixels_are_rounded_to_uint8_like_the_release(pipe, monkeypatch):
+    # (x + 1) / 2, clamped, * 255, rounded: worked out by hand for each value.
+    values = [-1.0, 1.0, -0.5, 0.2, 0.9, -0.99, 2.0, -3.0]
+    expected = [0, 255, 64, 153, 242, 1, 255, 0]  # truncation would give 63 for -0.5 and 152 for 0.2
+    image = pipe.vae_output_to_image(torch.tensor(values).reshape(1, 1, 8).expand(3, 1, 8), pattern="C H W")
+    assert np.asarray(image)[0, :, 0].tolist() == expected
+
+    recorder = FinalSamples(pipe, monkeypatch)
+    generated = np.asarray(pipe(PROMPT, **FAST)).astype(int)
+    unit = ((recorder.samples[0].float() + 1) / 2).clamp(0, 1) * 255
+    assert (generated == unit.round().permute(1, 2, 0).numpy()).all()
+    assert (generated != unit.floor().permute(1, 2, 0).numpy()).any()  # the check tells rounding from truncation
+
+
+def test_missing_devices_are_refused_before_loading(tiny_model_set, monkeypatch):
+    monkeypatch.setattr(ZImageL2PPipeline, "download_and_load_models", lambda *a: pytest.fail("models were loaded"))
+    with pytest.raises(ValueError, match="Unknown device 'bogus'"):
+        load(tiny_model_set, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            load(tiny_model_set, device="cuda")

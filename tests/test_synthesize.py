@@ -278,6 +278,30 @@ def test_two_processes_write_disjoint_shards_that_merge(tmp_path, source_dir, ca
     assert (out / "metadata.csv").read_bytes() == before
 
 
+@pytest.mark.slow  # two fresh interpreters, as above
+def test_workers_die_with_their_parent(tmp_path, source_dir):
+    import psutil
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{PROMPTS[i % len(PROMPTS)]} number {i}\n" for i in range(200)))
+    out = tmp_path / "corpus"
+    args = _args(str(prompts), out, source_dir, "--num_processes", "2")
+    args[args.index("--steps") + 1] = "50"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "diffsynth_l2p.cli", *args], env=env, stderr=subprocess.PIPE)
+    shards = [out / "shards" / f"rank-{rank}.csv" for rank in (0, 1)]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and not all(shard.exists() for shard in shards):
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+    workers = [child for child in psutil.Process(process.pid).children() if "spawn_main" in " ".join(child.cmdline())]
+    assert len(workers) == 2
+    process.kill()
+    process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.slow
 def test_torchrun_workers_shard_and_merge(tmp_path, source_dir):
     prompts = tmp_path / "prompts.txt"
@@ -336,13 +360,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, source_dir, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "fine"}\n\n{"prompt": \n{"text": "no prompt key"}\n')
     message = _error(capsys, _args(str(broken), tmp_path / "b", source_dir))
-    assert "line 3: not valid JSON" in message and "line 4: expected an object" in message
+    assert "line 3: not valid JSON" in message and "line 4: 'prompt' must be a non-empty string" in message
 
     good = tmp_path / "good.txt"
     good.write_text(PROMPTS[0] + "\n")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert "Cannot write to output directory" in _error(capsys, _args(str(good), blocker / "out", source_dir))
+    assert "is a file, not a directory" in _error(capsys, _args(str(good), blocker / "out", source_dir))
     if os.geteuid() != 0:  # root ignores directory permissions
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

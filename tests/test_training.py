@@ -145,8 +145,10 @@ def test_bad_inputs_fail_before_training(tmp_path, shapes, tiny_model_set):
     fails(ValueError, "outside the dataset folder", dataset=str(empty))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    fails(PermissionError, "not writable", output=str(blocker / "out"))
-    fails(ValueError, "--batch_size must be a positive integer", batch_size=0)
+    fails(NotADirectoryError, "is a file, not a directory", output=str(blocker / "out"))
+    fails(ValueError, "--batch_size must be an integer >= 1, got 0", batch_size=0)
+    fails(ValueError, "--shift must be a finite number, got nan", shift=float("nan"))
+    fails(ValueError, "--max_pixels must be an integer >= 256, got 0", max_pixels=0)
 
 
 def held_out_loss(files: dict, folder: str) -> float:
@@ -234,3 +236,25 @@ def test_two_processes_train_in_lockstep(tmp_path, tiny_model_set):
     assert all(torch.equal(rank0[key], rank1[key]) for key in expected)
     assert all(torch.equal(rank0[key], checkpoint[key]) for key in expected)
     assert all(not torch.equal(rank0[key], base[key]) for key in expected)
+
+
+def test_a_non_finite_loss_stops_training_before_any_checkpoint(tmp_path, shapes, tiny_model_set, monkeypatch):
+    from diffsynth_l2p.training.module import L2PTrainingModule
+
+    forward = L2PTrainingModule.forward
+    monkeypatch.setattr(L2PTrainingModule, "forward", lambda self, *a, **k: forward(self, *a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match="Training stopped at step 1: the loss is nan"):
+        run(tmp_path, shapes, tiny_model_set, max_steps=1, save_steps=1)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("step-")]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, shapes, tiny_model_set, monkeypatch):
+    def poison(self, *args, **kwargs):  # a finite loss, then an update that leaves NaN weights
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.data.fill_(float("nan"))
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poison)
+    with pytest.raises(FloatingPointError, match=r"Not saving .*step-1.safetensors: \d+ tensors hold NaN"):
+        run(tmp_path, shapes, tiny_model_set, max_steps=1, save_steps=1)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("step-") or name.startswith(".step-")]

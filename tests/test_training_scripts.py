@@ -12,16 +12,32 @@ from diffsynth_l2p.cli import build_parser
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launched_arguments(script: str, tmp_path) -> list:
-    """Run the script with a stand-in ``accelerate`` that records its arguments instead of launching."""
+def run_script(script: str, tmp_path, deepspeed: bool = True) -> subprocess.CompletedProcess:
+    """Run the script with a stand-in ``accelerate`` that records its arguments instead of launching, and a stand-in
+    Python whose ``import deepspeed`` succeeds or fails."""
     fake = tmp_path / "accelerate"
     fake.write_text(
         f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\necho "$PYTORCH_CUDA_ALLOC_CONF" > {tmp_path}/env\n'
     )
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
-    subprocess.run(["bash", os.path.join(ROOT, script), "--resume", "latest"], check=True, env=env)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexit {0 if deepspeed else 1}\n")
+    python.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", PYTHON=str(python))
+    command = ["bash", os.path.join(ROOT, script), "--resume", "latest"]
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def launched_arguments(script: str, tmp_path) -> list:
+    assert run_script(script, tmp_path).returncode == 0
     return (tmp_path / "args").read_text().splitlines()
+
+
+@pytest.mark.parametrize("script", ["train_run.sh", "train_run_low_VRAM.sh"])
+def test_scripts_name_the_extra_when_deepspeed_is_missing(tmp_path, script):
+    result = run_script(script, tmp_path, deepspeed=False)
+    assert result.returncode == 1 and not (tmp_path / "args").exists()
+    assert result.stderr == f'{script}: DeepSpeed is not installed; run: pip install -e ".[deepspeed]"\n'
 
 
 @pytest.mark.parametrize(

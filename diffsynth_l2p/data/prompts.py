@@ -5,6 +5,7 @@ Records are dicts with at least ``prompt``; expanded records follow the paper's 
 (one prompt per line).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -14,11 +15,12 @@ import statistics
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from ..atomic import atomic_open
+from ..validation import MAX_SEED
 from .taxonomy import fill_template, llm_instruction, major_class, sub_class_table
 
 Record = Dict[str, Any]
@@ -33,33 +35,87 @@ def is_jsonl(path: str) -> bool:
     return os.fspath(path).lower().endswith(JSONL_SUFFIXES)
 
 
-def read_prompts(path: str) -> List[Record]:
-    """Records from a ``.jsonl`` file (objects with a string ``prompt``) or a text file (one prompt per line)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Prompt file not found: {path}")
-    with open(path, encoding="utf-8") as file:
-        lines = file.read().splitlines()
-    if is_jsonl(path):
-        records, problems = [], []
-        for number, line in enumerate(lines, start=1):
+_TEXT_FIELDS = ("negative_prompt", "category", MAJOR_KEY, SUB_KEY)
+
+
+def record_problem(record: Any) -> Optional[str]:
+    """Why ``record`` is not a usable prompt record (a JSON object with a non-empty string ``prompt``), else None.
+
+    ``negative_prompt`` and the category fields must be strings and ``seed`` an integer in 0..2**64-1 when present.
+    """
+    if not isinstance(record, dict):
+        return f"expected an object with a non-empty string 'prompt', got {_json_kind(record)}"
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return f"'prompt' must be a non-empty string, got {_json_kind(prompt)}"
+    for name in _TEXT_FIELDS:
+        if name in record and not isinstance(record[name], str):
+            return f"{name!r} must be a string, got {_json_kind(record[name])}"
+    if "seed" in record:
+        seed = record["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            hint = " (write it without quotes)" if isinstance(seed, str) else ""
+            return f"'seed' must be an integer in 0..2**64-1, got {_json_kind(seed)}{hint}"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads in an error message: ``null``, ``a list``, ``the text '5'``, ``5``."""
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    return f"the text {value!r}" if isinstance(value, str) else json.dumps(value)
+
+
+def _parse_records(path: str, text: str) -> List[Record]:
+    """Records of a ``.jsonl`` file (or a ``.json`` list of objects), each checked by ``record_problem``."""
+    items: List[Tuple[str, Any]] = []
+    problems = []
+    whole = None
+    if path.lower().endswith(".json"):
+        with contextlib.suppress(json.JSONDecodeError, RecursionError):
+            whole = json.loads(text)
+        if isinstance(whole, dict):
+            raise ValueError(f"{path} holds one JSON object; expected a list of {{\"prompt\": ...}} objects.")
+    if isinstance(whole, list):
+        items = [(f"item {number}", item) for number, item in enumerate(whole, start=1)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.append(f"line {number}: not valid JSON ({error.msg})")
-                continue
-            prompt = record.get("prompt") if isinstance(record, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                problems.append(f"line {number}: expected an object with a non-empty string 'prompt'")
-                continue
-            records.append(record)
-        if problems:
-            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-            raise ValueError(f"{path} has {len(problems)} malformed jsonl line(s): {shown}. Fix or remove them.")
+                items.append((f"line {number}", json.loads(line)))
+            except (json.JSONDecodeError, RecursionError) as error:
+                problems.append(f"line {number}: not valid JSON ({getattr(error, 'msg', 'nested too deeply')})")
+    records = []
+    for where, item in items:
+        problem = record_problem(item)
+        if problem:
+            problems.append(f"{where}: {problem}")
+        else:
+            records.append(item)
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(f"{path} has {len(problems)} malformed record(s): {shown}. Fix or remove them.")
+    return records
+
+
+def read_prompts(path: str) -> List[Record]:
+    """Records from a ``.jsonl`` file (objects with a string ``prompt``), a ``.json`` list of such objects, or a
+    text file (one prompt per line); malformed records are named with their line number."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Prompt file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
+    if is_jsonl(path):
+        records = _parse_records(path, text)
     else:
-        records = [{"prompt": line.strip()} for line in lines if line.strip()]
+        records = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
     if not records:
         raise ValueError(
             f"{path} contains no prompts; write one prompt per line (.txt) or one "

@@ -9,7 +9,9 @@ flight, a torn last line is dropped on the next start, and rerunning the same co
 Worker ``r`` of ``w`` takes the rows ``i % w == r``; ``merge_shards`` unions the shards into ``metadata.csv``.
 """
 
+import contextlib
 import csv
+import ctypes
 import glob
 import importlib
 import inspect
@@ -17,7 +19,11 @@ import io
 import json
 import os
 import re
+import signal
+import socket
+import sys
 import tempfile
+import urllib.parse
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -26,6 +32,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ..atomic import atomic_open
+from ..validation import (
+    DEFAULT_MAX_PIXELS,
+    check_float,
+    check_image_size,
+    check_int,
+    check_output_dir,
+    check_seed,
+    same_file,
+)
 from .prompts import Record, read_prompts, record_category
 
 DEFAULT_PIPELINE_CLASS = "diffsynth.pipelines.z_image.ZImagePipeline"
@@ -42,6 +57,7 @@ IMAGES_DIR = "images"
 SHARDS_DIR = "shards"
 COLUMNS = ("image", "prompt", "seed")
 CATEGORY_COLUMN = "category"
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _IMAGE_NAME = re.compile(r"^images/(\d{6,})\.png$")
 
 
@@ -212,6 +228,15 @@ class SynthesisSettings:
     base_seed: int = 0
     rand_device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would fail on every row or write junk images (NaN CFG, zero steps, huge sizes)."""
+        check_image_size(self.height, self.width, DEFAULT_MAX_PIXELS)
+        check_int(self.num_inference_steps, "num_inference_steps")
+        check_float(self.cfg_scale, "cfg_scale")
+        if self.sigma_shift is not None:
+            check_float(self.sigma_shift, "sigma_shift", inclusive=False)
+        check_seed(self.base_seed, "base_seed")
+
     def call_kwargs(self, pipe: Any, prompt: str, seed: int) -> Dict[str, Any]:
         """Keyword arguments of ``pipe(...)`` for one image, restricted to what ``pipe.__call__`` accepts."""
         kwargs = dict(
@@ -375,6 +400,49 @@ def source_model_configs(source_model: Sequence[str], tokenizer: Optional[str] =
     return configs, ModelConfig(path=tokenizer) if tokenizer else None
 
 
+def check_hub_reachable() -> None:
+    """Fail at once, not after the hub client's retries, when the download host's name does not resolve (offline).
+
+    Nothing is checked when ``DIFFSYNTH_SKIP_DOWNLOAD=True`` (DiffSynth then only looks at local files).
+    """
+    if os.environ.get("DIFFSYNTH_SKIP_DOWNLOAD", "").lower() == "true":
+        return
+    if os.environ.get("DIFFSYNTH_DOWNLOAD_SOURCE", "").lower() == "huggingface":
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    else:
+        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or os.environ.get("MODELSCOPE_DOMAIN") or "modelscope.cn"
+    host = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}").hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        raise ConnectionError(
+            f"The model hub {host} is unreachable ({error}); this machine looks offline. Set "
+            "DIFFSYNTH_SKIP_DOWNLOAD=True to use files already under $DIFFSYNTH_MODEL_BASE_PATH (default ./models)."
+        ) from None
+
+
+def resolve_source_files(model_configs: Sequence[Any], tokenizer_config: Any) -> None:
+    """Download or find every source file before the pipeline is built; offline, name the files to fetch.
+
+    With ``DIFFSYNTH_SKIP_DOWNLOAD=True`` a missing file fails at once instead of after the hub's timeouts.
+    """
+    from ..pipelines.z_image_l2p import resolve_files
+
+    try:
+        if any(config.path is None for config in [*model_configs, tokenizer_config] if config is not None):
+            check_hub_reachable()
+        with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth's download-source banner; errors say it all
+            for config in model_configs:
+                resolve_files(config)
+            if tokenizer_config is not None:
+                resolve_files(tokenizer_config, is_dir=True)
+    except (OSError, RuntimeError) as error:
+        raise FileNotFoundError(
+            f"{error} For `l2p synthesize`, fetch Z-Image-Turbo (transformer/, text_encoder/, vae/, tokenizer/) "
+            "and pass its folder with --source_model."
+        ) from None
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """How to build the source latent pipeline: a factory ``module:function``, or a class + model files."""
@@ -402,6 +470,7 @@ class SourceSpec:
         else:
             pipeline_class = import_object(self.pipeline_class)
             model_configs, tokenizer_config = source_model_configs(self.source_model, self.tokenizer)
+            resolve_source_files(model_configs, tokenizer_config)
             kwargs = dict(torch_dtype=torch_dtype, device=self.device, model_configs=model_configs)
             if tokenizer_config is not None:
                 kwargs["tokenizer_config"] = tokenizer_config
@@ -515,8 +584,12 @@ class SynthesisJob:
 
     def validate(self) -> List[Record]:
         """Cheap checks before any model is loaded: the prompt file and the output folder; return the records."""
+        for name in (METADATA_FILE, SETTINGS_FILE):
+            if same_file(self.prompt_file, os.path.join(self.output_dir, name)):
+                raise ValueError(f"The prompt file {self.prompt_file} is the corpus' {name}; pass a prompt list.")
         records = read_prompts(self.prompt_file)
-        prepare_output_dir(self.output_dir)
+        check_seed(self.settings.base_seed, "base seed", count=len(records))
+        check_output_dir(self.output_dir, "--output_dir")  # created only once the source pipeline has loaded
         return records
 
 
@@ -527,9 +600,24 @@ def run_job(job: SynthesisJob, rank: int = 0, world_size: int = 1) -> SynthesisS
     return synthesize(pipe, records, job.output_dir, job.settings, rank, world_size)
 
 
-def _limit_threads(threads: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker receive SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``), so no orphan keeps writing.
+
+    Elsewhere only a parent already gone at start is noticed. A worker whose parent died before the call exits.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _start_worker(parent_pid: int, threads: int) -> None:
+    """A synthesis worker: dies with its parent and uses its share of the cores (oversubscribed torch threads spin)."""
     import torch
 
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -543,9 +631,9 @@ def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSumm
     if num_processes == 1:
         summary = run_job(job)
     else:
-        # Each worker gets its share of the cores: oversubscribed torch threads spin and slow every worker down.
         threads = max(1, (os.cpu_count() or 1) // num_processes)
-        with multiprocessing.get_context("spawn").Pool(num_processes, _limit_threads, (threads,)) as pool:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_processes, initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
             parts = pool.starmap(run_job, [(job, rank, num_processes) for rank in range(num_processes)])
         summary = sum(parts, SynthesisSummary())
     merge_shards(job.output_dir)

@@ -9,6 +9,7 @@ from diffsynth.core import ModelConfig, hash_model_file
 
 from ..models.configs import L2P_CONFIGS
 from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered
+from ..safetensors_io import read_header, read_headers
 from ..tiny import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
 from .z_image_l2p import ZImageL2PPipeline
 
@@ -17,6 +18,7 @@ ModelSpec = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]], Map
 
 
 def _is_l2p_dit(path: str) -> bool:
+    read_header(path)  # a damaged file is reported as `l2p inspect` reports it, not by the hashing code
     return any(entry["model_name"] == L2P_DIT_MODEL_NAME for entry in find_registered(hash_model_file(path)))
 
 
@@ -84,9 +86,10 @@ def resolve_model_files(model: ModelSpec = None) -> ModelFiles:
             "tokenizer": str(model["tokenizer"]),
         }
     paths = [str(model)] if isinstance(model, (str, os.PathLike)) else [str(path) for path in model]
-    if len(paths) == 1 and os.path.isdir(paths[0]):
-        return _from_directory(Path(paths[0]))
-    return _from_paths(paths)
+    files = _from_directory(Path(paths[0])) if len(paths) == 1 and os.path.isdir(paths[0]) else _from_paths(paths)
+    read_headers(files["dit"])
+    read_headers(files["text_encoder"])  # all shards, so a truncated one is named before loading
+    return files
 
 
 def native_size(dit_path: str) -> Tuple[int, int]:

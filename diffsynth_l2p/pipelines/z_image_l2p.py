@@ -8,7 +8,6 @@ import copy
 import math
 import os
 import warnings
-from numbers import Real
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,20 +16,21 @@ from diffsynth.core.device.npu_compatible_device import get_device_type
 from diffsynth.diffusion import FlowMatchScheduler
 from diffsynth.diffusion.base_pipeline import BasePipeline, PipelineUnit
 from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, ZImageUnit_ShapeChecker
+from einops import reduce
 from PIL import Image
 from tqdm import tqdm
 
 from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
 from ..models.z_image_l2p_dit import ZImageL2PDiT
 from ..registry import L2P_DIT_MODEL_NAME, find_registered
+from ..safetensors_io import read_headers
 from ..tiny import register_tiny_models
+from ..validation import DEFAULT_MAX_PIXELS, check_device, check_float, check_image_size, check_int, check_seed
 
 # DiffSynth's loader must know the tiny model set's files (its text encoder is our class): ~40 ms, meta device.
 register_tiny_models()
 
 LATENT_DIT_MODEL_NAME = "z_image_dit"
-# Larger images are rejected before anything is allocated; raise ``pipe.max_pixels`` to allow them.
-DEFAULT_MAX_PIXELS = 4096 * 4096
 TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"
 TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
 
@@ -59,7 +59,7 @@ class ZImageL2PPipeline(BasePipeline):
         self.text_encoder: Optional[torch.nn.Module] = None
         self.dit: Optional[ZImageL2PDiT] = None
         self.tokenizer = None
-        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.max_pixels = DEFAULT_MAX_PIXELS  # larger images are refused before anything is allocated
         self.in_iteration_models = ("dit",)
         self.units = [
             ZImageUnit_ShapeChecker(),
@@ -81,6 +81,7 @@ class ZImageL2PPipeline(BasePipeline):
         vram_limit: Optional[float] = None,
     ) -> "ZImageL2PPipeline":
         """Load the L2P DiT and the Z-Image text encoder from ``model_configs`` and the tokenizer."""
+        check_device(str(device))
         pipe = ZImageL2PPipeline(device=device, torch_dtype=torch_dtype)
         if vram_limit is not None and not hasattr(getattr(torch, pipe.device_type, None), "mem_get_info"):
             warnings.warn(f"vram_limit is ignored on {pipe.device_type}: it has no memory to query.", stacklevel=2)
@@ -88,7 +89,7 @@ class ZImageL2PPipeline(BasePipeline):
         # Copies: resolving fills in paths, which must not stick to the caller's (or the default) configs.
         model_configs = [copy.copy(config) for config in model_configs]
         for config in model_configs:
-            _resolve_files(config)
+            resolve_files(config)
             _check_checkpoint(config.path)
         model_pool = pipe.download_and_load_models(model_configs, vram_limit)
         pipe.dit = model_pool.fetch_model(L2P_DIT_MODEL_NAME)
@@ -97,7 +98,7 @@ class ZImageL2PPipeline(BasePipeline):
             from transformers import AutoTokenizer
 
             tokenizer_config = copy.copy(tokenizer_config)
-            _resolve_files(tokenizer_config, is_dir=True)
+            resolve_files(tokenizer_config, is_dir=True)
             pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
         pipe.check_models()
         pipe.height_division_factor = pipe.width_division_factor = pipe.dit.size_multiple
@@ -158,22 +159,22 @@ class ZImageL2PPipeline(BasePipeline):
         denoising_strength: float,
         num_images: int,
         input_image: Optional[Image.Image],
+        sigma_shift: Optional[float] = None,
+        seed: Optional[int] = None,
     ) -> Tuple[int, int]:
         """Validate the call's arguments before anything is allocated; return the size rounded up to the patch."""
         self.check_models()
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
-        if not isinstance(cfg_scale, Real):
-            raise TypeError(f"cfg_scale must be a number, got {type(cfg_scale).__name__}.")
-        for name, value in (
-            ("height", height),
-            ("width", width),
-            ("num_inference_steps", num_inference_steps),
-            ("num_images", num_images),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_float(cfg_scale, "cfg_scale")
+        if sigma_shift is not None:
+            check_float(sigma_shift, "sigma_shift", inclusive=False)
+        check_int(num_inference_steps, "num_inference_steps")
+        check_int(num_images, "num_images")
+        if seed is not None:
+            check_seed(seed, "seed", num_images)
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
         if not 0 < denoising_strength <= 1:
             raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
         if denoising_strength < 1 and input_image is None:
@@ -184,11 +185,7 @@ class ZImageL2PPipeline(BasePipeline):
         if input_image is not None:
             check_input_image(input_image)
         height, width = self.check_resize_height_width(height, width)
-        if height * width > self.max_pixels:
-            raise ValueError(
-                f"{height}x{width} is {height * width:,} pixels, over this pipeline's cap of {self.max_pixels:,} "
-                "(pipe.max_pixels); lower height/width or raise pipe.max_pixels."
-            )
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
         patch = self.dit.patch_size
         max_h, max_w = self.dit.axes_lens[1], self.dit.axes_lens[2]
         if height // patch > max_h or width // patch > max_w:
@@ -197,6 +194,16 @@ class ZImageL2PPipeline(BasePipeline):
                 f"covers at most {max_h}x{max_w} tokens ({max_h * patch}x{max_w * patch} pixels)."
             )
         return height, width
+
+    def vae_output_to_image(
+        self, vae_output: torch.Tensor, pattern: str = "B C H W", min_value: float = -1, max_value: float = 1
+    ) -> Image.Image:
+        """DiffSynth's tensor -> PIL conversion, but rounding to the nearest uint8 like the release (DiffSynth
+        truncates, which makes about a third of the values one lower)."""
+        if pattern != "H W C":
+            vae_output = reduce(vae_output, f"{pattern} -> H W C", reduction="mean")
+        unit = ((vae_output.float() - min_value) / (max_value - min_value)).clamp(0, 1)
+        return Image.fromarray(unit.mul(255).round().to(device="cpu", dtype=torch.uint8).numpy())
 
     def load_models_to_device(self, model_names: Sequence[str]) -> None:
         """DiffSynth's onload/offload; on devices without ``empty_cache`` (CPU) it is done here without it."""
@@ -242,6 +249,8 @@ class ZImageL2PPipeline(BasePipeline):
             denoising_strength,
             num_images,
             input_image,
+            sigma_shift,
+            seed,
         )
         if sigma_shift is None:
             sigma_shift = default_sigma_shift(height, width)
@@ -391,8 +400,8 @@ def _set_onloaded(model: torch.nn.Module, onload: bool) -> None:
         module.onload() if onload else module.offload()
 
 
-def _resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
-    """``config.download_if_necessary()``, with errors that say which files to fetch and how."""
+def resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
+    """``config.download_if_necessary()``, with errors that say which files to fetch and how (fills ``config.path``)."""
     source = (
         config.path or f"ModelConfig(model_id={config.model_id!r}, origin_file_pattern={config.origin_file_pattern!r})"
     )
@@ -415,7 +424,8 @@ def _resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
 
 
 def _check_checkpoint(path: Union[str, List[str]]) -> None:
-    """Reject, before loading, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+    """Reject, before loading, damaged files, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+    read_headers([file for file in (path if isinstance(path, list) else [path]) if file.endswith(".safetensors")])
     model_hash = hash_model_file(path)
     names = {entry["model_name"] for entry in find_registered(model_hash)}
     if not names:

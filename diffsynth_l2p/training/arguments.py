@@ -80,7 +80,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_paths(args: argparse.Namespace) -> Optional[Union[str, List[str]]]:
     """``--model`` / ``--model_paths`` as ``resolve_model_files`` takes them (a directory, or a list of paths)."""
     if args.model_paths:
-        paths = [p for entry in json.loads(args.model_paths) for p in ([entry] if isinstance(entry, str) else entry)]
+        try:
+            entries = json.loads(args.model_paths)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--model_paths is not valid JSON ({error.msg}); write a list of quoted paths.") from None
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, str) or (isinstance(entry, list) and all(isinstance(p, str) for p in entry))
+            for entry in entries
+        ):
+            raise ValueError("--model_paths must be a JSON list of paths (or of lists of paths).")
+        paths = [p for entry in entries for p in ([entry] if isinstance(entry, str) else entry)]
     else:
         paths = args.model
     return paths[0] if paths and len(paths) == 1 else paths

@@ -19,6 +19,8 @@ from diffsynth.core.data.operators import ImageCropAndResize
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..validation import check_seed
+
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl", "metadata.json")
 COLUMN_ALIASES = {"image": ("image", "file_name"), "prompt": ("prompt", "text")}
 DIVISION_FACTOR = 16
@@ -53,19 +55,58 @@ def _parse_json(text: str, path: str, line: Optional[int] = None) -> object:
     except json.JSONDecodeError as error:
         where = f"line {line}" if line is not None else f"line {error.lineno} column {error.colno}"
         raise ValueError(f"{path} {where} is not valid JSON ({error.msg}); fix or remove it.") from None
+    except RecursionError:
+        raise ValueError(f"{path} {f'line {line} ' if line else ''}is JSON nested too deeply; fix it.") from None
 
 
-def read_metadata(path: str) -> List[Dict[str, str]]:
+def _csv_rows(file, path: str) -> List[Dict[str, str]]:
+    """Rows of a CSV file as dicts; a line with more or fewer fields than the header is an error naming it."""
+    reader = csv.reader(file)
+    header = next(reader, [])
+    rows = []
+    for fields in reader:
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path} line {reader.line_num} has {len(fields)} fields but the header has {len(header)}; "
+                "quote prompts that contain commas."
+            )
+        rows.append(dict(zip(header, fields, strict=True)))
+    return rows
+
+
+def read_metadata(path: str) -> List[Dict[str, object]]:
     """Rows of a ``.csv``, ``.jsonl`` or ``.json`` (list of objects) metadata file, as dicts.
 
-    Files may start with a UTF-8 byte-order mark (as spreadsheet programs write them).
+    Files may start with a UTF-8 byte-order mark (as spreadsheet programs write them). A row that is not an
+    object, or a CSV line with a missing or extra field, is an error naming the file and line.
     """
     with open(path, encoding="utf-8-sig", newline="") as file:
         if path.endswith(".csv"):
-            return list(csv.DictReader(file))
+            return _csv_rows(file, path)
         if path.endswith(".jsonl"):
-            return [_parse_json(line, path, number) for number, line in enumerate(file, start=1) if line.strip()]
-        return _parse_json(file.read(), path)
+            rows = [(f"line {n}", _parse_json(line, path, n)) for n, line in enumerate(file, start=1) if line.strip()]
+        else:
+            rows = _parse_json(file.read(), path)
+            if not isinstance(rows, list):
+                raise ValueError(f"{path} must hold a JSON list of row objects, got {type(rows).__name__}.")
+            rows = [(f"item {number}", row) for number, row in enumerate(rows, start=1)]
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} {where} must be an object like {{\"image\": ..., \"prompt\": ...}}.")
+    return [row for _, row in rows]
+
+
+def _row_value(row: Dict[str, object], column: str, number: int, kind: type) -> object:
+    """``row[column]`` checked to be a ``kind`` (CSV gives text; a seed may be an integer written as text)."""
+    value = row.get(column)
+    if kind is int and isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if kind is int else "text"
+        raise ValueError(f"Metadata row {number}: {column!r} must be {expected}, got {json.dumps(value)}; fix the row.")
+    return check_seed(value, f"Metadata row {number}: {column!r}") if kind is int else value
 
 
 def resolve_columns(columns: Sequence[str], require_seed: bool) -> Dict[str, Optional[str]]:
@@ -104,20 +145,21 @@ def scan_samples(
     resize = ImageCropAndResize(None, None, max_pixels, DIVISION_FACTOR, DIVISION_FACTOR)
     samples, skipped = [], []
     for number, row in enumerate(rows, start=1):
-        relative = str(row.get(columns["image"]) or "")
+        relative = _row_value(row, columns["image"], number, str)
+        prompt = _row_value(row, columns["prompt"], number, str)
+        seed = _row_value(row, columns["seed"], number, int) if columns["seed"] else None
         path = image_path_inside(folder, relative)
         try:
-            seed = int(row[columns["seed"]]) if columns["seed"] else None
             with Image.open(path) as image:
                 height, width = resize.get_height_width(image)
                 image.verify()
-        except (OSError, ValueError, SyntaxError) as error:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             skipped.append(f"row {number} ({relative!r}): {error}")
             continue
         if height == 0 or width == 0:
             skipped.append(f"row {number} ({relative!r}): smaller than {DIVISION_FACTOR} px")
             continue
-        samples.append(Sample(path, str(row.get(columns["prompt"]) or ""), seed, height, width))
+        samples.append(Sample(path, prompt, seed, height, width))
     if not samples:
         raise ValueError(f"No usable image in {folder!r} ({len(skipped)} rows skipped; first: {skipped[0]}).")
     return samples, skipped
@@ -158,7 +200,7 @@ class L2PImageDataset(torch.utils.data.Dataset):
             try:
                 with Image.open(sample.path) as image:
                     pixels = image_to_tensor(self.resize(image.convert("RGB")))
-            except OSError as error:
+            except (OSError, Image.DecompressionBombError) as error:
                 warnings.warn(f"Skipping unreadable image {sample.path!r}: {error}", stacklevel=2)
                 continue
             return {"image": pixels, "prompt": sample.prompt, "seed": sample.seed, "index": candidate}

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -25,10 +24,11 @@ from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..atomic import atomic_open
+from ..atomic import apply_umask, atomic_open
 from ..safetensors_io import atomic_output, read_headers
+from ..validation import check_float, check_int, check_not_an_input, check_output_dir
 from .arguments import LOG_FORMATS, NOISE_MODES
-from .dataset import L2PImageDataset, bucket_batches, collate
+from .dataset import DIVISION_FACTOR, L2PImageDataset, bucket_batches, collate
 from .precision import PrecisionPlan, cast_trainable, precision_plan
 from .presets import TrainableSet, resolve_trainable
 
@@ -91,10 +91,16 @@ class TrainState:
 def check_config(config: TrainConfig) -> None:
     """Reject bad settings and an unwritable output folder before anything is loaded."""
     for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "num_timesteps"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {getattr(config, name)}.")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ValueError(f"--max_steps must be a positive integer, got {config.max_steps}.")
+        check_int(getattr(config, name), f"--{name}")
+    if config.max_steps is not None:
+        check_int(config.max_steps, "--max_steps")
+    check_int(config.max_pixels, "--max_pixels", minimum=DIVISION_FACTOR * DIVISION_FACTOR)
+    check_int(config.num_workers, "--dataset_num_workers", minimum=0)
+    check_float(config.learning_rate, "--learning_rate")
+    check_float(config.weight_decay, "--weight_decay")
+    check_float(config.shift, "--shift", inclusive=False)
+    # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
+    check_int(config.seed, "--seed", minimum=0, maximum=2**32 - 1)
     if config.noise not in NOISE_MODES:
         raise ValueError(f"--noise must be 'seed' (per-image seed, the release) or 'fresh', got {config.noise!r}.")
     if config.log is not None and config.log not in LOG_FORMATS:
@@ -104,14 +110,8 @@ def check_config(config: TrainConfig) -> None:
             import tensorboard  # noqa: F401
         except ImportError as error:
             raise ValueError("--log tensorboard needs the tensorboard package: pip install tensorboard.") from error
-    try:
-        os.makedirs(config.output_path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=config.output_path):
-            pass
-    except OSError as error:
-        raise PermissionError(
-            f"Output folder {config.output_path!r} is not writable ({error}); choose another."
-        ) from None
+    check_output_dir(config.output_path, "--output_path folder")
+    check_not_an_input(config.output_path, [config.dataset], "--output_path folder")
 
 
 def find_state(output_path: str, resume: str) -> str:
@@ -152,6 +152,11 @@ def save_trainable(accelerator: Accelerator, model: torch.nn.Module, path: str, 
     module = accelerator.unwrap_model(model)
     state_dict = module.export_trainable_state_dict(state_dict, remove_prefix=remove_prefix)
     state_dict = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    broken = [key for key, value in state_dict.items() if value.is_floating_point() and not value.isfinite().all()]
+    if broken:
+        raise FloatingPointError(
+            f"Not saving {path}: {len(broken)} tensors hold NaN or inf (e.g. {broken[0]}); the run diverged."
+        )
     with atomic_output(path) as temp_path:
         save_file(state_dict, temp_path, metadata={"format": "pt", "trainable": module.trainable.spec})
     return len(state_dict)
@@ -164,6 +169,7 @@ def save_training_state(accelerator: Accelerator, output_path: str, step: int) -
     accelerator.save_state(temp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        apply_umask(temp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)
         for name in os.listdir(root):
@@ -252,6 +258,7 @@ def train(config: TrainConfig) -> dict:
     state_dir = find_state(config.output_path, config.resume) if config.resume else None
     plan = training_precision(accelerator)
     model = build_training_module(config, accelerator, dataset.prompts, plan)
+    os.makedirs(config.output_path, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
     trainable = model.trainable
 
     world, accum = accelerator.num_processes, config.gradient_accumulation_steps
@@ -303,6 +310,11 @@ def train(config: TrainConfig) -> dict:
                 lr_scheduler.step()
                 optimizer.zero_grad()
             step_loss += accelerator.reduce(loss.detach(), "mean").item() / accum
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(
+                f"Training stopped at step {state.step + 1}: the loss is {step_loss}. Lower --learning_rate, check "
+                f"--shift and the data; checkpoints of earlier steps in {config.output_path} are kept."
+            )
         state.record(step_loss)
         progress.set_postfix(loss=f"{step_loss:.4f}", step_time=f"{time.time() - step_start:.2f}s")
         progress.update()
