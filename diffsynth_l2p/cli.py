@@ -508,7 +508,7 @@ def _add_tiny_world(sub) -> None:
     evaluate.add_argument("--model", default=None, help="a teacher or L2P model directory (default: both shipped)")
     evaluate.add_argument("--seeds", type=int_option(1), default=4, help="images per prompt (default: 4)")
     evaluate.add_argument("--steps", type=int_option(1), default=20, help="sampling steps (default: 20)")
-    evaluate.add_argument("--cfg", type=float_option(0), default=4.0, help="CFG scale (default: 4.0, as the shipped scores)")
+    evaluate.add_argument("--cfg", type=float_option(0), default=4.0, help="CFG scale (default: 4.0, as shipped)")
     evaluate.add_argument("--threads", type=int_option(1), default=2, help="torch threads (default: 2)")
     evaluate.set_defaults(func=_run_tiny_world_eval)
     ablate = verbs.add_parser(
