@@ -1,4 +1,4 @@
-"""Latent Z-Image DiT checkpoint -> L2P pixel-space initialisation (DESIGN A5).
+"""Latent Z-Image DiT checkpoint -> L2P pixel-space initialisation (see ``docs/architecture.md``).
 
 Every source tensor whose key and shape the pixel model shares is copied bit for bit (source dtype
 kept); the latent patch embedder and ``all_final_layer`` are dropped; the pixel patch embedder and

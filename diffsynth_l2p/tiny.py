@@ -29,7 +29,7 @@ SHIPPED_STUDENT_DIR = Path(__file__).parent / "tiny_world" / "assets"
 
 PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-# Lower-case words of the shapes world (DESIGN C) plus the chat roles; anything else becomes <unk>.
+# Lower-case words of the shapes world (docs/tiny-world.md) plus the chat roles; anything else becomes <unk>.
 WORDS = """
 a an the of and with on in at to is are there image picture photo background
 user assistant system

@@ -9,7 +9,7 @@ from diffsynth_l2p.registry import meta_model
 from diffsynth_l2p.training.memory import dry_run, memory_report
 from diffsynth_l2p.training.presets import resolve_trainable
 
-# Facts from DESIGN A1 / anatomy §2.3: released L2P DiT size and one main block's size.
+# Facts about the release: the released L2P DiT's size and one main block's size.
 TOTAL_1K = 6_166_464_515
 BLOCK_1K = 180_910_336
 RELEASE_TRAINABLE = TOTAL_1K - 20 * BLOCK_1K  # layers.5 .. layers.24 frozen

@@ -53,7 +53,7 @@ def small_uhr(name: str, seed: int = 0) -> ZImageL2PDiT:
 
 
 def unrolled_head(head: DetailerHead, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """DESIGN §A2 written out by module name: pre-pool skips, [pooled, features] and [upsampled, skip] concats."""
+    """The 1K head written out by module name: pre-pool skips, [pooled, features] and [upsampled, skip] concats."""
     names = head.stage_names
     skips, x = [], image
     for name in names:
