@@ -1,4 +1,4 @@
-"""Merge a training checkpoint into a full L2P checkpoint (the release's ``merge_weights.py``; see ``docs/architecture.md``).
+"""Merge a training checkpoint into a full L2P checkpoint, as the release's ``merge_weights.py`` does.
 
 Semantics: start from B (the full pixel checkpoint) and **overwrite** every tensor that A (e.g.
 ``step-N.safetensors``, trainable tensors only) has with the same key and shape; A's tensor is kept

@@ -275,7 +275,10 @@ def ablations(
     train_steps: Optional[int] = None,
     settings: EvalSettings = EvalSettings(),
 ) -> Dict[str, Dict[str, float]]:
-    """Train and score one student per :func:`ablation_recipes` variant from the same teacher (resumable)."""
+    """Train and score one student per :func:`ablation_recipes` variant from the same teacher (resumable).
+
+    Variants with the same data share one corpus, so they differ only in what they train.
+    """
     out_dir = Path(out_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir is not None else TEACHER_ASSETS_DIR
     reports = {}
@@ -284,7 +287,8 @@ def ablations(
         student_dir = out_dir / slug
         if not (student_dir / DIT_FILE).exists():
             with timed_stage(out_dir / TIMING_FILE, slug):
-                train_student(student_dir, out_dir / "work" / slug, teacher_dir, student_recipe)
+                corpus = out_dir / "work" / f"corpus-{student_recipe.data}"
+                train_student(student_dir, out_dir / "work" / slug, teacher_dir, student_recipe, corpus)
         reports[name], _ = evaluate_pipeline(
             load_pipeline(student_dir), None, settings.seeds, settings.steps, settings.cfg_scale
         )

@@ -96,13 +96,15 @@ def _render_corpus(records: List[Dict[str, str]], corpus: Path, seed: int) -> No
         merge_shards(str(staging))
 
 
-def build_corpus(work_dir: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path:
-    """The student's training corpus in ``work_dir/corpus`` (resumable): teacher images or real renders."""
-    prompt_file = work_dir / "prompts.jsonl"
+def build_corpus(corpus: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path:
+    """The student's training corpus in ``corpus`` (resumable): teacher images or real renders of the same prompts.
+
+    The prompts are kept beside it, in ``<corpus>.prompts.jsonl``.
+    """
+    prompt_file = corpus.with_name(f"{corpus.name}.prompts.jsonl")
     records = training_records(recipe.corpus_images, recipe.seed)
     if not prompt_file.exists():
         write_prompts(records, str(prompt_file))
-    corpus = work_dir / "corpus"
     if recipe.data == "real":
         if not (corpus / "metadata.csv").exists():
             _render_corpus(records, corpus, recipe.seed)
@@ -127,18 +129,19 @@ def train_student(
     work_dir: Union[str, os.PathLike],
     teacher_dir: Union[str, os.PathLike],
     recipe: StudentRecipe = StudentRecipe(),
+    corpus: Union[str, os.PathLike, None] = None,
 ) -> Dict[str, Any]:
     """Corpus, ``convert``, ``train`` and ``merge``: write the student model set to ``out_dir`` (atomically).
 
-    ``work_dir`` keeps the prompts, the corpus, the converted init and the training run.  Returns the training
-    summary of ``l2p train``.
+    ``work_dir`` keeps the converted init, the training run and, unless ``corpus`` names a (shared) corpus folder,
+    the corpus.  Returns the training summary of ``l2p train``.
     """
     if recipe.data not in DATA_SOURCES:
         raise ValueError(f"Unknown student data {recipe.data!r}; use one of {', '.join(DATA_SOURCES)}.")
     out_dir, work_dir, teacher_dir = Path(out_dir), Path(work_dir), Path(teacher_dir)
     text_dir = text_encoder_home(teacher_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus(work_dir, teacher_dir, recipe)
+    corpus = build_corpus(Path(corpus) if corpus is not None else work_dir / "corpus", teacher_dir, recipe)
 
     init = work_dir / "init.safetensors"
     if not init.exists():
