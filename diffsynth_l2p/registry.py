@@ -1,5 +1,6 @@
 """Idempotent registration of L2P models into DiffSynth's model registry and VRAM maps, and meta-device builds."""
 
+import functools
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 import torch
@@ -7,10 +8,12 @@ from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
 from diffsynth.core import hash_state_dict_keys
 
 from .models.configs import L2P_CONFIGS
+from .models.text_encoder import TEXT_ENCODER_CLASS, TEXT_ENCODER_MODEL_NAME, text_encoder_hash
 from .models.z_image_l2p_dit import ZImageL2PDiT
 
 L2P_DIT_MODEL_NAME = "z_image_l2p_dit"
 L2P_DIT_CLASS = f"{ZImageL2PDiT.__module__}.{ZImageL2PDiT.__qualname__}"
+Z_IMAGE_TEXT_ENCODER_CLASS = "diffsynth.models.z_image_text_encoder.ZImageTextEncoder"
 
 L2P_VRAM_MODULE_MAP = {
     "torch.nn.Linear": "diffsynth.core.vram.layers.AutoWrappedLinear",
@@ -67,12 +70,27 @@ def register_l2p_dit(model_hash: Optional[str] = None, **kwargs: Any) -> str:
 
 
 def find_registered(model_hash: str) -> list:
-    """Every DiffSynth registry entry whose hash is ``model_hash``."""
+    """Every DiffSynth registry entry whose hash is ``model_hash`` (the L2P configurations registered first)."""
+    register_all()
     return [entry for entry in MODEL_CONFIGS if entry["model_hash"] == model_hash]
 
 
+@functools.cache
 def register_all() -> None:
-    """Register every named L2P configuration and the VRAM-management map of the class (idempotent)."""
+    """Register every named L2P configuration and the VRAM-management map of the class (once per process)."""
     for config in L2P_CONFIGS.values():
         register_l2p_dit(config.published_hash, **config.kwargs)
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(L2P_DIT_CLASS, dict(L2P_VRAM_MODULE_MAP))
+
+
+def register_text_encoder(**config: Any) -> str:
+    """Register a ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash.
+
+    The class gets the VRAM-management map of DiffSynth's ``ZImageTextEncoder`` (same layers).
+    """
+    model_hash = text_encoder_hash(**config)
+    register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
+    VRAM_MANAGEMENT_MODULE_MAPS.setdefault(
+        TEXT_ENCODER_CLASS, dict(VRAM_MANAGEMENT_MODULE_MAPS[Z_IMAGE_TEXT_ENCODER_CLASS])
+    )
+    return model_hash

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_directory
 from .models.configs import L2P_CONFIGS
-from .models.text_encoder import Qwen3TextEncoder, register_text_encoder
+from .models.text_encoder import Qwen3TextEncoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
-from .registry import register_l2p_dit
+from .registry import register_l2p_dit, register_text_encoder
 
 DIT_FILE = "l2p-dit.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"

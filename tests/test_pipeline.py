@@ -15,9 +15,10 @@ from safetensors.torch import save_file
 from tiny_checkpoints import tiny_latent_state_dict
 
 from diffsynth_l2p._import_alias import ALIAS, PipelineAliasFinder
-from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder, register_text_encoder
+from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.loading import load_pipeline, resolve_model_files
 from diffsynth_l2p.pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift, model_fn_z_image_l2p
+from diffsynth_l2p.registry import register_text_encoder
 from diffsynth_l2p.tiny import TINY_TEXT_ENCODER_CONFIG
 
 PROMPT = "two red circles above a blue square"

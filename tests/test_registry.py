@@ -11,7 +11,6 @@ from diffsynth.models.z_image_dit import ZImageDiT
 from safetensors.torch import save_file
 from tiny_checkpoints import write_header_only
 
-import diffsynth_l2p
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.pipelines.loading import native_size
@@ -43,7 +42,7 @@ def save_tiny_checkpoint(path) -> dict:
 def test_import_registers_named_configs_idempotently():
     before = len(MODEL_CONFIGS)
     register_all()
-    diffsynth_l2p.register_all()
+    register_all()
     assert len(MODEL_CONFIGS) == before
     hashes = {entry["model_hash"] for entry in l2p_entries()}
     assert "577b2d3e0acea1fb784ca600f966805e" in hashes

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from diffsynth.core import hash_state_dict_keys
 
-import diffsynth_l2p  # noqa: F401  (registers the named configs)
 from diffsynth_l2p.models import DetailerHead, ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.registry import find_registered

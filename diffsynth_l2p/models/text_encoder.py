@@ -8,14 +8,10 @@ DiffSynth's ``z_image_text_encoder`` name, it is what ``ZImageUnit_PromptEmbedde
 from typing import Any
 
 import torch
-from diffsynth.configs import VRAM_MANAGEMENT_MODULE_MAPS
 from diffsynth.core import hash_state_dict_keys
 from transformers import Qwen3Config, Qwen3Model
 
-from ..registry import register_model
-
 TEXT_ENCODER_MODEL_NAME = "z_image_text_encoder"
-Z_IMAGE_TEXT_ENCODER_CLASS = "diffsynth.models.z_image_text_encoder.ZImageTextEncoder"
 
 
 class Qwen3TextEncoder(torch.nn.Module):
@@ -37,16 +33,3 @@ def text_encoder_hash(**config: Any) -> str:
     with torch.device("meta"):
         model = Qwen3TextEncoder(**config)
     return hash_state_dict_keys(model.state_dict())
-
-
-def register_text_encoder(**config: Any) -> str:
-    """Register a ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash.
-
-    The class gets the VRAM-management map of DiffSynth's ``ZImageTextEncoder`` (same layers).
-    """
-    model_hash = text_encoder_hash(**config)
-    register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
-    VRAM_MANAGEMENT_MODULE_MAPS.setdefault(
-        TEXT_ENCODER_CLASS, dict(VRAM_MANAGEMENT_MODULE_MAPS[Z_IMAGE_TEXT_ENCODER_CLASS])
-    )
-    return model_hash
