@@ -127,7 +127,8 @@ def _add_generate(sub) -> None:
     )
     parser.add_argument("--steps", type=int_option(1), default=30, help="denoising steps (default: 30)")
     parser.add_argument(
-        "--cfg", type=float_option(0), default=2.0, help="classifier-free guidance scale; 1 disables it (2.0)"
+        "--cfg", type=float_option(0), default=None,
+        help="classifier-free guidance scale; 1 disables it (default: the model's, 2.0 for the 1K release)",
     )
     parser.add_argument("--height", type=int_option(1), default=None, help="image height (default: model's native)")
     parser.add_argument("--width", type=int_option(1), default=None, help="image width (default: model's native)")
@@ -158,7 +159,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     from .data.prompts import read_prompts
     from .generate import generate_to_files
-    from .pipelines.loading import load_pipeline, native_size, resolve_model_files
+    from .pipelines.loading import load_pipeline, native_config, resolve_model_files
     from .validation import DEFAULT_MAX_PIXELS, check_image_size, check_seed
 
     device = check_device(args.device)
@@ -170,9 +171,10 @@ def _run_generate(args: argparse.Namespace) -> int:
     else:
         check_output_dir(args.out, "--out folder")
     files = resolve_model_files(args.model)
-    native_height, native_width = native_size(files["dit"])
-    height = native_height if args.height is None else args.height
-    width = native_width if args.width is None else args.width
+    native = native_config(files["dit"])
+    height = native.default_height if args.height is None else args.height
+    width = native.default_width if args.width is None else args.width
+    cfg_scale = native.default_cfg_scale if args.cfg is None else args.cfg
     check_image_size(height, width, DEFAULT_MAX_PIXELS, step=1)  # before loading; the pipeline checks the patch
     # DiffSynth's loader reports on stdout; keep stdout for the written paths.
     with contextlib.redirect_stdout(sys.stderr):
@@ -180,7 +182,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         paths = generate_to_files(
             pipe, records, args.out,
             height=height, width=width,
-            num_inference_steps=args.steps, cfg_scale=args.cfg, sigma_shift=args.shift,
+            num_inference_steps=args.steps, cfg_scale=cfg_scale, sigma_shift=args.shift,
             negative_prompt=args.negative, seed=args.seed, num_images=args.num_images, model=files["dit"],
         )
     for path in paths:

@@ -97,7 +97,7 @@ class DemoServer:
     def __init__(self, args: argparse.Namespace):
         import torch
 
-        from ..pipelines.loading import native_size, resolve_model_files
+        from ..pipelines.loading import native_config, resolve_model_files
         from .devices import resolve_devices, resolve_dtype, worker_devices, worker_names
         from .request import size_limits
         from .ui import UISettings, build_ui
@@ -110,7 +110,8 @@ class DemoServer:
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         files = resolve_model_files(model)
         model_label = Path(files["dit"]).name if args.model else "tiny (default)"  # no server paths in the page
-        native = min(native_size(files["dit"]))
+        config = native_config(files["dit"])
+        native = min(config.default_height, config.default_width)
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything
         devices = worker_devices(resolve_devices(args.devices), args.workers_per_device)
         check_port(args.host, args.port)
@@ -128,7 +129,10 @@ class DemoServer:
             limits = size_limits(workers[0].pipe.height_division_factor, native, args.min_size, args.max_size)
             workers += [load(index) for index in range(1, len(devices))]
             self.pool = WorkerPool(workers)
-            self.settings = UISettings(limits, limits.clamp_size(native), model_label, max_queue=args.max_queue)
+            self.settings = UISettings(
+                limits, limits.clamp_size(native), model_label, default_cfg=config.default_cfg_scale,
+                max_queue=args.max_queue,
+            )
             self.blocks = build_ui(self.pool, self.settings)
         except BaseException:
             shutil.rmtree(self.output_dir, ignore_errors=True)

@@ -14,12 +14,13 @@ from typing import Any, Dict, Optional
 
 @dataclass(frozen=True)
 class L2PConfig:
-    """Constructor kwargs for ``ZImageL2PDiT`` and, when published, the checkpoint's DiffSynth hash."""
+    """Constructor kwargs for ``ZImageL2PDiT``, the checkpoint's DiffSynth hash when published, sampling defaults."""
 
     kwargs: Dict[str, Any] = field(default_factory=dict)
     published_hash: Optional[str] = None
     default_height: int = 1024
     default_width: int = 1024
+    default_cfg_scale: float = 2.0  # the 1K release's examples
 
 
 L2P_1K = L2PConfig(kwargs={}, published_hash="577b2d3e0acea1fb784ca600f966805e")
@@ -78,6 +79,7 @@ L2P_TINY = L2PConfig(
     ),
     default_height=64,
     default_width=64,
+    default_cfg_scale=4.0,  # the shipped tiny-world student is scored at CFG 4 (docs/tiny-world.md)
 )
 
 L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}

@@ -7,7 +7,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
-from ..models.configs import L2P_CONFIGS
+from ..models.configs import L2P_CONFIGS, L2PConfig
 from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered
 from ..safetensors_io import read_header, read_headers
 from ..tiny import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
@@ -92,15 +92,21 @@ def resolve_model_files(model: ModelSpec = None) -> ModelFiles:
     return files
 
 
-def native_size(dit_path: str) -> Tuple[int, int]:
-    """The (height, width) the named L2P configuration registered under the file's hash was made for, else 1024x1024."""
+def native_config(dit_path: str) -> L2PConfig:
+    """The named L2P configuration registered under the file's hash (the 1K release's when none matches)."""
     for entry in find_registered(hash_model_file(dit_path)):
         if entry["model_class"] != L2P_DIT_CLASS:
             continue
         for config in L2P_CONFIGS.values():
             if entry.get("extra_kwargs", {}) == config.kwargs:
-                return config.default_height, config.default_width
-    return 1024, 1024
+                return config
+    return L2P_CONFIGS["1k"]
+
+
+def native_size(dit_path: str) -> Tuple[int, int]:
+    """The (height, width) the file's configuration was made for (1024x1024 when unknown)."""
+    config = native_config(dit_path)
+    return config.default_height, config.default_width
 
 
 def load_pipeline(

@@ -58,8 +58,9 @@ def _sample_batch(
             posi, nega = velocity.chunk(2)
             velocity = nega + cfg_scale * (posi - nega)
         x = pipe.scheduler.step(velocity, timestep, x)
-    images = pipe.vae_decoder(x) if latent else x
-    return [np.asarray(pipe.vae_output_to_image(image.float(), pattern="C H W")) for image in images]
+    # As each pipeline converts: the stock one from the decoder's dtype, the L2P one from fp32 pixels.
+    images = pipe.vae_decoder(x) if latent else x.float()
+    return [np.asarray(pipe.vae_output_to_image(image, pattern="C H W")) for image in images]
 
 
 def sample_images(
