@@ -161,6 +161,12 @@ CASES: Dict[str, Case] = {
     "generate --height 0": Case(lambda i: _generate(i, "--height", "0"), "--height: must be an integer >= 1"),
     "generate --steps 0": Case(lambda i: _generate(i, "--steps", "0"), "--steps: must be an integer >= 1"),
     "synthesize --steps 0": Case(lambda i: _synthesize(i, "--steps", "0"), "--num_inference_steps/--steps: must"),
+    "tiny-world eval --steps 0": Case(lambda i: ["tiny-world", "eval", "--steps", "0"], "--steps: must be an integer"),
+    "tiny-world eval --seeds 0": Case(lambda i: ["tiny-world", "eval", "--seeds", "0"], "--seeds: must be an integer"),
+    "tiny-world eval --cfg nan": Case(lambda i: ["tiny-world", "eval", "--cfg", "nan"], "--cfg: must be a finite"),
+    "tiny-world reproduce --threads 0": Case(
+        lambda i: ["tiny-world", "reproduce", i.path("run"), "--threads", "0"], "--threads: must be an integer"
+    ),
     "synthesize --cfg nan": Case(lambda i: _synthesize(i, "--cfg", "nan"), "--cfg_scale/--cfg: must be a finite"),
     # Outputs that cannot be written.
     "generate into a read-only place": Case(

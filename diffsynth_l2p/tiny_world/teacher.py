@@ -1,12 +1,12 @@
-"""The tiny source latent model (teacher): train the autoencoder, then a stock ``ZImageDiT`` on its latents.
+"""The tiny source latent model (teacher): train the autoencoder, then a stock ``ZImageDiT`` and its text encoder.
 
 The teacher is a DiffSynth latent Z-Image model set that DiffSynth's **own** ``ZImagePipeline`` runs:
 
 - ``dit.safetensors``: stock ``ZImageDiT`` (patch 2 on 8x8x16 latents = a 4x4 token grid) with the tiny L2P
   backbone sizes, so ``l2p convert`` maps it onto the tiny L2P DiT (patch 16 on 64x64 pixels = the same grid);
 - ``vae_encoder.safetensors`` / ``vae_decoder.safetensors``: the 8x-down, 16-channel :mod:`.autoencoder`;
-- ``text_encoder/`` and ``tokenizer/``: the frozen random tiny text encoder of ``build_tiny_l2p(seed=0)``, which
-  the L2P student shares.
+- ``text_encoder/`` and ``tokenizer/``: the tiny Qwen3 text encoder (it starts as ``build_tiny_l2p(seed=0)``'s and
+  learns with the DiT, as a stand-in for a pretrained one) and the word-level tokenizer; the student keeps both.
 
 Training is resumable: the autoencoder and periodic DiT states are kept in a work directory, and a rerun
 continues from the last state with the same result as an uninterrupted run.
