@@ -1,13 +1,13 @@
 """Idempotent registration of L2P models into DiffSynth's model registry and VRAM maps, and meta-device builds."""
 
 import functools
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import torch
 from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
 from diffsynth.core import hash_state_dict_keys
 
-from .models.configs import L2P_CONFIGS
+from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from .models.text_encoder import TEXT_ENCODER_CLASS, TEXT_ENCODER_MODEL_NAME, text_encoder_hash
 from .models.z_image_l2p_dit import ZImageL2PDiT
 
@@ -75,22 +75,39 @@ def find_registered(model_hash: str) -> list:
     return [entry for entry in MODEL_CONFIGS if entry["model_hash"] == model_hash]
 
 
+# This package's entries in DiffSynth's registry (the counterpart of DiffSynth's ``configs/model_configs.py``):
+# the released checkpoints' published hashes and the tiny model sets' hashes, as constants.
+# ``tests/test_registry.py`` recomputes every hash on the meta device.
+TINY_DIT_HASH = "216598ba024b4e86133f5de2dcf4d43f"
+TINY_TEXT_ENCODER_HASH = "51e389d0d5b444101102d48f0652a036"
+L2P_MODEL_CONFIGS: List[Dict[str, Any]] = [
+    *(
+        dict(model_hash=config.published_hash, model_name=L2P_DIT_MODEL_NAME, model_class=L2P_DIT_CLASS,
+             extra_kwargs=dict(config.kwargs))
+        for config in L2P_CONFIGS.values()
+        if config.published_hash
+    ),
+    dict(model_hash=TINY_DIT_HASH, model_name=L2P_DIT_MODEL_NAME, model_class=L2P_DIT_CLASS,
+         extra_kwargs=dict(L2P_CONFIGS["tiny"].kwargs)),
+    dict(model_hash=TINY_TEXT_ENCODER_HASH, model_name=TEXT_ENCODER_MODEL_NAME, model_class=TEXT_ENCODER_CLASS,
+         extra_kwargs=dict(TINY_TEXT_ENCODER_CONFIG)),
+]
+
+
 @functools.cache
 def register_all() -> None:
-    """Register every named L2P configuration and the VRAM-management map of the class (once per process)."""
-    for config in L2P_CONFIGS.values():
-        register_l2p_dit(config.published_hash, **config.kwargs)
+    """Add :data:`L2P_MODEL_CONFIGS` and the VRAM-management maps of our classes to DiffSynth's (once per process)."""
+    for entry in L2P_MODEL_CONFIGS:
+        register_model(**entry)
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(L2P_DIT_CLASS, dict(L2P_VRAM_MODULE_MAP))
-
-
-def register_text_encoder(**config: Any) -> str:
-    """Register a ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash.
-
-    The class gets the VRAM-management map of DiffSynth's ``ZImageTextEncoder`` (same layers).
-    """
-    model_hash = text_encoder_hash(**config)
-    register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(
         TEXT_ENCODER_CLASS, dict(VRAM_MANAGEMENT_MODULE_MAPS[Z_IMAGE_TEXT_ENCODER_CLASS])
     )
+
+
+def register_text_encoder(**config: Any) -> str:
+    """Register another ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash."""
+    register_all()  # the class's VRAM-management map
+    model_hash = text_encoder_hash(**config)
+    register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
     return model_hash

@@ -6,7 +6,6 @@
 the *trained* set of the same layout that ships in ``tiny_world/assets`` (see ``docs/tiny-world.md``).
 """
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -16,10 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from .atomic import atomic_directory
-from .models.configs import L2P_CONFIGS
+from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from .models.text_encoder import Qwen3TextEncoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
-from .registry import register_l2p_dit, register_text_encoder
 
 DIT_FILE = "l2p-dit.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
@@ -55,32 +53,6 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endif -%}"
 )
-
-# hidden_size = the tiny DiT's cap_feat_dim; hidden_states[-2] (what the prompt unit reads) is layer 2's output.
-TINY_TEXT_ENCODER_CONFIG = dict(
-    vocab_size=len(VOCABULARY),
-    hidden_size=L2P_CONFIGS["tiny"].kwargs["cap_feat_dim"],
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=32,
-    max_position_embeddings=512,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-    tie_word_embeddings=False,
-    pad_token_id=0,
-)
-
-
-@functools.cache
-def register_tiny_models() -> Dict[str, str]:
-    """Register the tiny DiT and text encoder with DiffSynth (idempotent, cached); return their hashes."""
-    return {
-        "dit": register_l2p_dit(**L2P_CONFIGS["tiny"].kwargs),
-        "text_encoder": register_text_encoder(**TINY_TEXT_ENCODER_CONFIG),
-    }
-
 
 def build_tokenizer():
     """Word-level ``PreTrainedTokenizerFast`` over ``VOCABULARY`` with Qwen3's special tokens and chat template."""

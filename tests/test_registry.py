@@ -119,3 +119,14 @@ def test_native_size_comes_from_the_registered_config(tmp_path, name):
             pytest.skip("this filesystem has no sparse files")
         expected = (config.default_height, config.default_width)
     assert native_size(str(path)) == expected
+
+
+def test_every_static_entry_hash_is_recomputed_on_the_meta_device():
+    from diffsynth_l2p.models.text_encoder import TEXT_ENCODER_CLASS, Qwen3TextEncoder
+    from diffsynth_l2p.registry import L2P_MODEL_CONFIGS, meta_model
+
+    classes = {L2P_DIT_CLASS: ZImageL2PDiT, TEXT_ENCODER_CLASS: Qwen3TextEncoder}
+    assert len(L2P_MODEL_CONFIGS) == 6
+    for entry in L2P_MODEL_CONFIGS:
+        model = meta_model(classes[entry["model_class"]], **entry["extra_kwargs"])
+        assert hash_state_dict_keys(model.state_dict()) == entry["model_hash"], entry["extra_kwargs"]

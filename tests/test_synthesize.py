@@ -86,11 +86,11 @@ def tiny_source_pipeline(source_model, device, torch_dtype):
     from diffsynth.core import ModelConfig
     from diffsynth.pipelines.z_image import ZImagePipeline
 
-    from diffsynth_l2p.tiny import register_tiny_models
+    from diffsynth_l2p.registry import register_all
 
     (folder,) = source_model
     files = json.loads((Path(folder) / "files.json").read_text())
-    register_tiny_models()
+    register_all()
     _register(files["dit"], "z_image_dit", "diffsynth.models.z_image_dit.ZImageDiT", TINY_SOURCE_DIT)
     _register(files["decoder"], "flux_vae_decoder", f"{TinyLatentDecoder.__module__}.TinyLatentDecoder")
     return ZImagePipeline.from_pretrained(

@@ -9,16 +9,14 @@ from diffsynth.core import hash_model_file
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from diffsynth_l2p.models.configs import L2P_CONFIGS
+from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from diffsynth_l2p.models.text_encoder import TEXT_ENCODER_CLASS, Qwen3TextEncoder, text_encoder_hash
 from diffsynth_l2p.pipelines.loading import load_pipeline
-from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, find_registered
+from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, TINY_DIT_HASH, TINY_TEXT_ENCODER_HASH, find_registered
 from diffsynth_l2p.tiny import (
-    TINY_TEXT_ENCODER_CONFIG,
     UNK_TOKEN,
     VOCABULARY,
     build_tiny_l2p,
-    register_tiny_models,
 )
 
 
@@ -30,14 +28,11 @@ def test_layout_and_returned_paths(tiny_model_set):
 
 
 def test_files_are_detected_by_diffsynth_as_the_pipeline_models(tiny_model_set):
-    hashes = register_tiny_models()
-    assert hash_model_file(tiny_model_set["dit"]) == hashes["dit"]
-    assert hash_model_file(tiny_model_set["text_encoder"]) == hashes["text_encoder"]
-    assert [e["model_name"] for e in find_registered(hashes["dit"])] == [L2P_DIT_MODEL_NAME]
-    (entry,) = find_registered(hashes["text_encoder"])
+    assert hash_model_file(tiny_model_set["dit"]) == TINY_DIT_HASH
+    assert hash_model_file(tiny_model_set["text_encoder"]) == TINY_TEXT_ENCODER_HASH
+    assert [e["model_name"] for e in find_registered(TINY_DIT_HASH)] == [L2P_DIT_MODEL_NAME]
+    (entry,) = find_registered(TINY_TEXT_ENCODER_HASH)
     assert entry["model_name"] == "z_image_text_encoder" and entry["model_class"] == TEXT_ENCODER_CLASS
-    assert register_tiny_models() == hashes  # idempotent: still one entry each
-    assert len(find_registered(hashes["text_encoder"])) == 1
 
 
 def test_text_encoder_width_is_the_tiny_dit_caption_width():
@@ -47,7 +42,7 @@ def test_text_encoder_width_is_the_tiny_dit_caption_width():
     ids = torch.tensor([[2, 10, 11, 3]])
     hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-2]
     assert hidden.shape == (1, 4, 64)
-    assert text_encoder_hash(**TINY_TEXT_ENCODER_CONFIG) == register_tiny_models()["text_encoder"]
+    assert text_encoder_hash(**TINY_TEXT_ENCODER_CONFIG) == TINY_TEXT_ENCODER_HASH
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_model_set, tmp_path):

@@ -84,5 +84,22 @@ L2P_TINY = L2PConfig(
 
 L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}
 
+# The tiny model sets' Qwen3 text encoder (``models/text_encoder.py``): hidden size = the tiny DiT's caption width;
+# the vocabulary is the tiny word-level tokenizer's (``tiny.VOCABULARY``).
+TINY_TEXT_ENCODER_CONFIG: Dict[str, Any] = dict(
+    vocab_size=112,
+    hidden_size=L2P_TINY.kwargs["cap_feat_dim"],
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+)
+
 # Hash of the stock latent Z-Image DiT file (a DiffSynth registry fact), used to recognise it.
 Z_IMAGE_TURBO_DIT_HASH = "fc3a8a1247fe185ce116ccbe0e426c28"

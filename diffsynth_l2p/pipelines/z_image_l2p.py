@@ -24,13 +24,10 @@ from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
 from ..models.z_image_l2p_dit import ZImageL2PDiT
 from ..registry import L2P_DIT_MODEL_NAME, find_registered, register_all
 from ..safetensors_io import read_headers
-from ..tiny import register_tiny_models
 from ..validation import DEFAULT_MAX_PIXELS, check_device, check_float, check_image_size, check_int, check_seed
 
-# DiffSynth's loader must know the L2P configurations and the tiny model set's files (its text encoder is our
-# class) before ``from_pretrained`` runs: hashes computed on the meta device, once per process.
+# DiffSynth's loader must know this package's models (registry.L2P_MODEL_CONFIGS) before ``from_pretrained`` runs.
 register_all()
-register_tiny_models()
 
 LATENT_DIT_MODEL_NAME = "z_image_dit"
 TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"

@@ -34,15 +34,13 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..atomic import atomic_directory, atomic_path
 from ..models.backbone import latent_velocity
-from ..models.configs import L2P_CONFIGS
+from ..models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from ..models.text_encoder import Qwen3TextEncoder
-from ..registry import meta_model, register_model
+from ..registry import meta_model, register_all, register_model
 from ..tiny import (
     SHIPPED_STUDENT_DIR,
-    TINY_TEXT_ENCODER_CONFIG,
     build_tiny_l2p,
     init_weights,
-    register_tiny_models,
 )
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
 from .shapes import sample_codec_images, sample_dataset
@@ -130,7 +128,7 @@ def load_teacher(model_dir: Union[str, os.PathLike, None] = None, device: str = 
     DiffSynth's loader reads every file; the DiT and the autoencoder, registered under the tiny world's own
     names, are then put in the pipeline's ``dit`` / ``vae_encoder`` / ``vae_decoder`` slots.
     """
-    register_tiny_models()
+    register_all()
     register_teacher_models()
     (text_encoder, *parts), tokenizer_config = teacher_model_configs(model_dir)
     pipe = ZImagePipeline.from_pretrained(
