@@ -7,6 +7,7 @@ built, so a bad file never stops a run hours in; images outside the dataset fold
 """
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -192,10 +193,10 @@ class L2PImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         # An image that passed the header check can still fail to decode: substitute the next one of the same size.
-        size = self.sizes[index]
-        candidates = [i for i in range(index, len(self)) if self.sizes[i] == size]
-        candidates += [i for i in range(index) if self.sizes[i] == size]
-        for candidate in candidates:
+        sizes = self.sizes
+        size = sizes[index]
+        order = itertools.chain(range(index, len(sizes)), range(index))  # lazily: almost always the first one
+        for candidate in (i for i in order if sizes[i] == size):
             sample = self.samples[candidate]
             try:
                 with Image.open(sample.path) as image:
