@@ -2,8 +2,8 @@
 
 ``build_tiny_l2p`` writes the three parts in the real on-disk formats, so DiffSynth's loader and
 ``ZImageL2PPipeline.from_pretrained`` load them exactly like the released files.  Its weights are **random**
-(seeded): the set exercises every code path in tests.  The default model of ``l2p generate`` and the demo is
-the *trained* set of the same layout that ships in ``tiny_world/assets`` (see ``docs/tiny-world.md``).
+(seeded): the set exercises every code path and is the default model of ``l2p generate`` and the demo until
+the trained tiny-world student ships in ``tiny_world/assets`` (see ``docs/tiny-world.md``).
 """
 
 import json
@@ -22,7 +22,8 @@ from .models.z_image_l2p_dit import ZImageL2PDiT
 DIT_FILE = "l2p-dit.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
-# The shipped tiny-world student: an L2P model set (DiT, text encoder, tokenizer) in the package.
+TINY_SET_VERSION = "tiny-random-v1"
+# Where the trained tiny-world student ships: an L2P model set (DiT, text encoder, tokenizer) in the package.
 SHIPPED_STUDENT_DIR = Path(__file__).parent / "tiny_world" / "assets"
 
 PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
@@ -146,8 +147,17 @@ def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str,
 
 
 def default_model_dir() -> Path:
-    """The default model set: the shipped tiny-world L2P student (trained on the shapes world, 64x64 native size).
+    """The default model set, built on first use: ``$L2P_HOME/tiny-random-v1`` (``~/.cache/diffsynth_l2p``).
 
-    It is laid out like ``build_tiny_l2p``'s output; ``l2p tiny-world reproduce`` makes it from scratch.
+    It is the random tiny set of ``build_tiny_l2p(seed=0)``, a stand-in until trained tiny-world weights ship
+    (``docs/tiny-world.md``).
     """
-    return SHIPPED_STUDENT_DIR
+    home = Path(os.environ.get("L2P_HOME") or Path.home() / ".cache" / "diffsynth_l2p")
+    model_dir = home / TINY_SET_VERSION
+    if not (model_dir / DIT_FILE).exists():
+        try:
+            build_tiny_l2p(model_dir, seed=0)
+        except FileExistsError:
+            if not (model_dir / DIT_FILE).exists():  # not a concurrent build that just finished
+                raise
+    return model_dir

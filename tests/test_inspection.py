@@ -62,8 +62,12 @@ def test_sharded_tiny_latent_checkpoint(tmp_path):
     shards = save_sharded(state, tmp_path)
     report = inspect_checkpoint(shards)
     assert report.model_hash == hash_model_file(shards) == hash_state_dict_keys(state)
-    # Its layout is the tiny-world teacher's, a latent Z-Image DiT that diffsynth_l2p registers.
-    assert [entry["model_name"] for entry in report.registered] == ["z_image_dit"]
+    # Its layout is the tiny-world teacher's: known to DiffSynth once the tiny world registers it, under its own name.
+    from diffsynth_l2p.tiny_world.teacher import DIT_MODEL_NAME, register_teacher_models
+
+    register_teacher_models()
+    report = inspect_checkpoint(shards)
+    assert [entry["model_name"] for entry in report.registered] == [DIT_MODEL_NAME]
     assert report.num_params == sum(value.numel() for value in state.values())
     assert report.params_by_module["all_final_layer"] == sum(
         value.numel() for key, value in state.items() if key.startswith("all_final_layer.")

@@ -17,6 +17,7 @@ from diffsynth_l2p.tiny import (
     UNK_TOKEN,
     VOCABULARY,
     build_tiny_l2p,
+    default_model_dir,
 )
 
 
@@ -98,3 +99,13 @@ def test_random_model_draws_non_degenerate_images(tiny_model_set):
     assert image.std() > 20 and np.mean((image == 0) | (image == 255)) < 0.5
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1000
     assert not np.array_equal(image, other)  # the prompt reaches the image
+
+
+def test_default_model_dir_is_built_once_under_l2p_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2P_HOME", str(tmp_path))
+    model_dir = default_model_dir()
+    assert model_dir == tmp_path / "tiny-random-v1"
+    dit = model_dir / "l2p-dit.safetensors"
+    stamp = dit.stat().st_mtime_ns
+    assert default_model_dir() == model_dir and dit.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-random-v1"]  # no staging leftovers
