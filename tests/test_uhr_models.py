@@ -8,6 +8,7 @@ from diffsynth.core import hash_state_dict_keys
 from diffsynth_l2p.models import DetailerHead, ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.registry import find_registered
+from diffsynth_l2p.tiny import init_weights
 
 # (module, in, out, kernel) of every conv in each released head; 3x3 unless marked 1.
 HEAD_4K = [
@@ -47,8 +48,9 @@ def small_uhr(name: str, seed: int = 0) -> ZImageL2PDiT:
     released = L2P_CONFIGS[name].kwargs
     kwargs = {**SMALL_BACKBONE, **SMALL_HEADS[name]}
     kwargs.update(all_patch_size=released["all_patch_size"], head_stage_names=released["head_stage_names"])
-    torch.manual_seed(seed)
-    return ZImageL2PDiT(**kwargs).eval()
+    model = ZImageL2PDiT(**kwargs)
+    init_weights(model, seed)  # every parameter, including the pad tokens DiffSynth leaves uninitialised
+    return model.eval()
 
 
 def unrolled_head(head: DetailerHead, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
