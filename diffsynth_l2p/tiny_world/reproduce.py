@@ -60,7 +60,9 @@ class Recipe:
 
 # Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate).
 SMOKE_RECIPE = Recipe(
-    teacher=TeacherRecipe(dataset_size=256, ae_steps=20, ae_batch_size=8, dit_steps=20, dit_batch_size=8),
+    teacher=TeacherRecipe(
+        dataset_size=256, ae_steps=20, ae_batch_size=8, ae_max_final_loss=None, dit_steps=20, dit_batch_size=8
+    ),
     student=StudentRecipe(corpus_images=24, synthesis_steps=2, train_steps=4, batch_size=4, synthesis_processes=1),
     evaluation=EvalSettings(seeds=(0,), steps=2),
 )

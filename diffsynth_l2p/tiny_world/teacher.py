@@ -74,7 +74,8 @@ class TeacherRecipe:
     dataset_size: int = 20000
     ae_steps: int = 4000
     ae_batch_size: int = 32
-    ae_lr: float = 2e-3
+    ae_lr: float = 1e-3
+    ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
     dit_steps: int = 4500
     dit_batch_size: int = 64
     dit_lr: float = 1e-3
@@ -170,6 +171,7 @@ def train_autoencoder(
         loss = torch.nn.functional.mse_loss(reconstruction.float(), batch)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)  # one early spike can otherwise freeze it on a flat image
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
@@ -370,6 +372,10 @@ def train_teacher(
         encoder, decoder, ae_losses = train_autoencoder(
             codec_images, recipe.ae_steps, recipe.ae_batch_size, recipe.ae_lr, seed=recipe.seed
         )
+        final_loss = float(np.mean(ae_losses[-50:]))
+        limit = recipe.ae_max_final_loss
+        if limit is not None and final_loss > limit:  # a collapsed codec would waste the DiT stage on blank latents
+            raise RuntimeError(f"The autoencoder did not learn (final loss {final_loss:.4f} > {limit}); lower ae_lr.")
         save_module(encoder, work_dir / VAE_ENCODER_FILE)
         save_module(decoder, work_dir / VAE_DECODER_FILE)  # last: its presence marks the autoencoder as done
     encoder, _ = _load_autoencoder(work_dir)
