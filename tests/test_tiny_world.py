@@ -105,7 +105,7 @@ def test_teacher_dit_training_resumes_exactly(tmp_path):
         first.train_step()
     torch.save(first.state_dict(), tmp_path / "state.pt")
     resumed = trainer()
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     for _ in range(2):
         resumed.train_step()
     assert resumed.losses == straight.losses

@@ -21,8 +21,6 @@ from .shapes import (
     evaluation_scenes,
     palette_index,
     parse_caption,
-    render_scene,
-    sample_scene,
 )
 
 MIN_AREA = 12  # components smaller than this are noise
@@ -199,29 +197,3 @@ def evaluate_pipeline(
         batch_size,
     )
     return evaluate(zip(images, [scene for scene, _ in jobs], strict=True)), images
-
-
-def prompt_blind_baseline(
-    scenes: Optional[Sequence[Scene]] = None, repeats: int = 2, seed: int = 0
-) -> Dict[str, float]:
-    """ShapeEval of a generator that ignores the prompt: clean images of random scenes of the whole grammar."""
-    scenes = list(scenes) if scenes is not None else evaluation_scenes()
-    rng = np.random.default_rng(seed)
-    return evaluate(
-        (render_scene(sample_scene(rng, allow_held_out=True), rng), scene) for scene in scenes for _ in range(repeats)
-    )
-
-
-def noise_baseline(scenes: Optional[Sequence[Scene]] = None, repeats: int = 2, seed: int = 0) -> Dict[str, float]:
-    """ShapeEval of uniform RGB noise images."""
-    scenes = list(scenes) if scenes is not None else evaluation_scenes()
-    rng = np.random.default_rng(seed)
-    shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
-    return evaluate((rng.integers(0, 256, shape, dtype=np.uint8), scene) for scene in scenes for _ in range(repeats))
-
-
-def real_images_report(scenes: Optional[Sequence[Scene]] = None, repeats: int = 2, seed: int = 0) -> Dict[str, float]:
-    """ShapeEval of the shapes world's own renders of ``scenes`` (the detector's sanity check, ~100%)."""
-    scenes = list(scenes) if scenes is not None else evaluation_scenes()
-    rng = np.random.default_rng(seed)
-    return evaluate((render_scene(scene, rng), scene) for scene in scenes for _ in range(repeats))

@@ -320,7 +320,7 @@ def train_dit(
     """Run :class:`DiTTrainer` to ``recipe.dit_steps``; with ``state_path``, resume from and save states there."""
     trainer = DiTTrainer(latents, captions, text_encoder, tokenizer, recipe)
     if state_path is not None and state_path.exists():
-        trainer.load_state_dict(torch.load(state_path, weights_only=False))
+        trainer.load_state_dict(torch.load(state_path, weights_only=True))
     with tqdm(total=recipe.dit_steps, initial=trainer.step, desc="teacher dit", mininterval=5) as progress:
         while trainer.step < recipe.dit_steps:
             loss = trainer.train_step()
