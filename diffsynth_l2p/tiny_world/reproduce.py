@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -89,21 +89,31 @@ def timed_stage(timing_file: Path, stage: str) -> Iterator[None]:
             json.dump(timing, file, indent=2)
 
 
+def score_models(
+    models: Dict[str, Callable[[], Any]], settings: EvalSettings
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[np.ndarray]], Dict[str, float]]:
+    """ShapeEval reports and images of each named pipeline loader on the held-out prompts, and the sampling seconds."""
+    reports, images, seconds = {}, {}, {}
+    for name, load in models.items():
+        pipe = load()
+        start = time.perf_counter()
+        reports[name], images[name] = evaluate_pipeline(pipe, None, settings.seeds, settings.steps, settings.cfg_scale)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    return reports, images, seconds
+
+
 def evaluate_models(
     teacher_dir: Path, student_dir: Path, settings: EvalSettings
 ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[np.ndarray]], Dict[str, float]]:
     """ShapeEval reports and images of real renders, the teacher and the student, and the seconds each took."""
     scenes, seeds = evaluation_scenes(), settings.seeds
-    reports, images, seconds = {}, {}, {}
     rng = np.random.default_rng(0)
-    images["real"] = [np.asarray(render_scene(scene, rng)) for scene in scenes for _ in seeds]
-    reports["real"] = evaluate(zip(images["real"], [scene for scene in scenes for _ in seeds], strict=True))
-    for name, load in (("teacher", lambda: load_teacher(teacher_dir)), ("student", lambda: load_pipeline(student_dir))):
-        pipe = load()
-        start = time.perf_counter()
-        reports[name], images[name] = evaluate_pipeline(pipe, scenes, seeds, settings.steps, settings.cfg_scale)
-        seconds[name] = round(time.perf_counter() - start, 1)
-    return reports, images, seconds
+    real = [np.asarray(render_scene(scene, rng)) for scene in scenes for _ in seeds]
+    reports, images, seconds = score_models(
+        {"teacher": lambda: load_teacher(teacher_dir), "student": lambda: load_pipeline(student_dir)}, settings
+    )
+    reports = {"real": evaluate(zip(real, [scene for scene in scenes for _ in seeds], strict=True)), **reports}
+    return reports, {"real": real, **images}, seconds
 
 
 def write_grid(path: Path, images: Dict[str, List[np.ndarray]], num_seeds: int) -> List[str]:
@@ -249,12 +259,7 @@ def evaluate_directories(
         models = {"teacher": lambda: load_teacher(model_dir)}
     else:
         models = {"student": lambda: load_pipeline(model_dir)}
-    reports, seconds = {}, {}
-    for name, load in models.items():
-        pipe = load()
-        start = time.perf_counter()
-        reports[name], _ = evaluate_pipeline(pipe, None, settings.seeds, settings.steps, settings.cfg_scale)
-        seconds[name] = time.perf_counter() - start
+    reports, _, seconds = score_models(models, settings)
     return reports, seconds
 
 
