@@ -32,6 +32,7 @@ from .shapes import CATEGORIES, IMAGE_SIZE, Scene, evaluation_scenes, render_sce
 from .student import StudentRecipe, train_student
 from .teacher import ASSETS_DIR as TEACHER_ASSETS_DIR
 from .teacher import DIT_FILE as TEACHER_DIT_FILE
+from .teacher import SUMMARY_FILE as TEACHER_SUMMARY_FILE
 from .teacher import VAE_DECODER_FILE, VAE_ENCODER_FILE, TeacherRecipe, load_teacher, train_teacher
 
 TIMING_FILE = "timing.json"
@@ -148,6 +149,18 @@ def format_report(reports: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def format_curve(curve: List[Dict[str, float]], seed: int) -> str:
+    """The teacher's score-vs-time curve as a Markdown table."""
+    lines = [
+        f"Teacher during training (EMA, held-out prompts, seed {seed}):",
+        "",
+        "| step | training seconds | overall | color |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {p['step']} | {p['train_seconds']} | {p['overall']:.3f} | {p['color']:.3f} |" for p in curve]
+    return "\n".join(lines)
+
+
 def reproduce(out_dir: Union[str, os.PathLike], recipe: Recipe = Recipe()) -> Dict[str, Any]:
     """Run (or resume) the chain into ``out_dir``; return the summary also written to ``report/summary.json``."""
     out_dir = Path(out_dir)
@@ -156,16 +169,22 @@ def reproduce(out_dir: Union[str, os.PathLike], recipe: Recipe = Recipe()) -> Di
     timing_file = work / TIMING_FILE
     teacher_dir, student_dir = out_dir / "teacher", out_dir / "student"
 
+    settings = recipe.evaluation
     if not (teacher_dir / TEACHER_DIT_FILE).exists():
+
+        def probe(pipe: Any) -> Dict[str, float]:  # the curve: one seed of the held-out prompts
+            return evaluate_pipeline(pipe, None, settings.seeds[:1], settings.steps, settings.cfg_scale)[0]
+
         with timed_stage(timing_file, "teacher"):
-            train_teacher(teacher_dir, work / "teacher", recipe.teacher)
+            train_teacher(teacher_dir, work / "teacher", recipe.teacher, probe)
     if not (student_dir / DIT_FILE).exists():
         with timed_stage(timing_file, "student"):
             train_student(student_dir, work / "student", teacher_dir, recipe.student)
     with timed_stage(timing_file, "evaluation"):
-        reports, images, eval_seconds = evaluate_models(teacher_dir, student_dir, recipe.evaluation)
+        reports, images, eval_seconds = evaluate_models(teacher_dir, student_dir, settings)
         report_dir.mkdir(exist_ok=True)
-        grid_prompts = write_grid(report_dir / "grid.png", images, len(recipe.evaluation.seeds))
+        grid_prompts = write_grid(report_dir / "grid.png", images, len(settings.seeds))
+    curve = json.loads((teacher_dir / TEACHER_SUMMARY_FILE).read_text(encoding="utf-8")).get("curve", [])
 
     timing = json.loads(timing_file.read_text(encoding="utf-8"))
     stage_seconds = {stage: round(sum(run["seconds"] for run in runs), 1) for stage, runs in timing.items()}
@@ -180,6 +199,7 @@ def reproduce(out_dir: Union[str, os.PathLike], recipe: Recipe = Recipe()) -> Di
         "stage_seconds": stage_seconds,
         "total_seconds": round(sum(stage_seconds.values()), 1),
         "timing_runs": timing,
+        "teacher_curve": curve,
         "grid_prompts": grid_prompts,
         "bytes": {
             str(path.relative_to(out_dir)): path.stat().st_size
@@ -190,7 +210,8 @@ def reproduce(out_dir: Union[str, os.PathLike], recipe: Recipe = Recipe()) -> Di
         json.dump(summary, file, indent=2)
     with atomic_open(report_dir / "report.md") as file:
         file.write(f"# Tiny-world reproduction\n\n{format_report(reports)}\n\n")
-        file.write(f"Time per stage (s): {stage_seconds}; total {summary['total_seconds']} s.\n\n![grid](grid.png)\n")
+        file.write(f"Time per stage (s): {stage_seconds}; total {summary['total_seconds']} s.\n\n")
+        file.write(f"{format_curve(curve, settings.seeds[0])}\n\n![grid](grid.png)\n")
     return summary
 
 

@@ -12,6 +12,7 @@ Training is resumable: the autoencoder and periodic DiT states are kept in a wor
 continues from the last state with the same result as an uninterrupted run.
 """
 
+import copy
 import functools
 import json
 import os
@@ -20,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,6 +83,7 @@ class TeacherRecipe:
     ema_decay: float = 0.998
     uncond_prob: float = 0.1
     checkpoint_every: int = 250
+    curve_every: int = 500  # steps between probes of the EMA teacher (the score-vs-time curve)
     seed: int = 0
 
 
@@ -240,7 +242,8 @@ class DiTTrainer:
         self.schedule = get_cosine_schedule_with_warmup(
             self.optimizer, max(1, recipe.dit_steps // 20), recipe.dit_steps
         )
-        self.step, self.losses = 0, []
+        self.step, self.losses, self.seconds = 0, [], 0.0
+        self.curve: List[Dict[str, float]] = []
 
     def encode(self, prompts: List[str]) -> List[torch.Tensor]:
         """Caption embeddings through DiffSynth's prompt unit (each distinct prompt once), with gradients."""
@@ -252,6 +255,7 @@ class DiTTrainer:
         return [by_prompt[prompt] for prompt in prompts]
 
     def train_step(self) -> float:
+        start = time.perf_counter()
         batch_size = self.recipe.dit_batch_size
         picks = torch.randint(len(self.latents), (batch_size,), generator=self.generator)
         dropped = torch.rand(batch_size, generator=self.generator) < self.recipe.uncond_prob
@@ -277,12 +281,15 @@ class DiTTrainer:
                 param.copy_(master_param)
         self.step += 1
         self.losses.append(loss.item())
+        self.seconds += time.perf_counter() - start
         return self.losses[-1]
 
     def state_dict(self) -> Dict[str, Any]:
         return {
             "step": self.step,
             "losses": self.losses,
+            "seconds": self.seconds,
+            "curve": self.curve,
             "master": self.master,
             "ema": self.ema,
             "optimizer": self.optimizer.state_dict(),
@@ -291,7 +298,8 @@ class DiTTrainer:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.step, self.losses = state["step"], list(state["losses"])
+        self.step, self.losses, self.seconds = state["step"], list(state["losses"]), state["seconds"]
+        self.curve = list(state["curve"])
         with torch.no_grad():
             for target, source in zip(self.master + self.ema, state["master"] + state["ema"], strict=True):
                 target.copy_(source)
@@ -302,11 +310,16 @@ class DiTTrainer:
         self.generator.set_state(state["generator"])
 
     def ema_models(self) -> Tuple[ZImageDiT, torch.nn.Module]:
-        """The DiT and text encoder with the EMA weights, in bf16 (the teacher that ships)."""
+        """Copies of the DiT and text encoder with the EMA weights, in bf16 (the teacher that ships)."""
+        dit, text_encoder = copy.deepcopy(self.dit).eval(), copy.deepcopy(self.text.text_encoder).eval()
         with torch.no_grad():
-            for ema_param, param in zip(self.ema, self.params, strict=True):
+            copies = list(dit.parameters()) + list(text_encoder.parameters())
+            for ema_param, param in zip(self.ema, copies, strict=True):
                 param.copy_(ema_param)
-        return self.dit.eval(), self.text.text_encoder.eval()
+        return dit, text_encoder
+
+
+Probe = Callable[[ZImageDiT, torch.nn.Module], Dict[str, float]]
 
 
 def train_dit(
@@ -316,8 +329,13 @@ def train_dit(
     tokenizer: Any,
     recipe: TeacherRecipe,
     state_path: Optional[Path] = None,
-) -> Tuple[ZImageDiT, torch.nn.Module, List[float]]:
-    """Run :class:`DiTTrainer` to ``recipe.dit_steps``; with ``state_path``, resume from and save states there."""
+    probe: Optional[Probe] = None,
+) -> Tuple[ZImageDiT, torch.nn.Module, List[float], List[Dict[str, float]]]:
+    """Run :class:`DiTTrainer` to ``recipe.dit_steps``; with ``state_path``, resume from and save states there.
+
+    Every ``recipe.curve_every`` steps and at the end, ``probe`` scores the EMA DiT and text encoder; the scores,
+    with the step and the training seconds so far, make the returned curve.
+    """
     trainer = DiTTrainer(latents, captions, text_encoder, tokenizer, recipe)
     if state_path is not None and state_path.exists():
         trainer.load_state_dict(torch.load(state_path, weights_only=True))
@@ -326,11 +344,25 @@ def train_dit(
             loss = trainer.train_step()
             progress.update()
             progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if probe is not None and (trainer.step % recipe.curve_every == 0 or trainer.step == recipe.dit_steps):
+                scores = probe(*trainer.ema_models())
+                trainer.curve.append({"step": trainer.step, "train_seconds": round(trainer.seconds, 1), **scores})
+                progress.write(f"teacher step {trainer.step}: {scores}")
             if state_path is not None and trainer.step % recipe.checkpoint_every == 0:
                 with atomic_path(state_path) as temp_path:
                     torch.save(trainer.state_dict(), temp_path)
     dit, text_encoder = trainer.ema_models()
-    return dit, text_encoder, trainer.losses
+    return dit, text_encoder, trainer.losses, trainer.curve
+
+
+def teacher_pipeline(
+    dit: ZImageDiT, text_encoder: torch.nn.Module, tokenizer: Any, vae_decoder: torch.nn.Module
+) -> ZImagePipeline:
+    """The stock pipeline around in-memory teacher parts (bf16, as :func:`load_teacher` loads the files)."""
+    pipe = ZImagePipeline(device="cpu", torch_dtype=torch.bfloat16)
+    pipe.dit, pipe.text_encoder, pipe.tokenizer = dit, text_encoder, tokenizer
+    pipe.vae_decoder = vae_decoder.to(torch.bfloat16)
+    return pipe
 
 
 def save_module(module: torch.nn.Module, path: Path, dtype: Optional[torch.dtype] = None) -> None:
@@ -351,13 +383,17 @@ def _load_autoencoder(work_dir: Path) -> Tuple[TinyVAEEncoder, TinyVAEDecoder]:
 
 
 def train_teacher(
-    out_dir: Union[str, os.PathLike], work_dir: Union[str, os.PathLike], recipe: TeacherRecipe = TeacherRecipe()
+    out_dir: Union[str, os.PathLike],
+    work_dir: Union[str, os.PathLike],
+    recipe: TeacherRecipe = TeacherRecipe(),
+    score: Optional[Callable[[ZImagePipeline], Dict[str, float]]] = None,
 ) -> Dict[str, Any]:
     """Train the tiny-world teacher from scratch into ``out_dir`` (new or empty; written atomically).
 
     ``work_dir`` keeps the autoencoder and the DiT's training state, so a killed run resumes where it stopped.
     Data: ``recipe.dataset_size`` seeded shapes-world images without held-out pairs for the DiT, and as many
-    random-color images for the autoencoder.  Returns the summary, also written to ``teacher.json``.
+    random-color images for the autoencoder.  With ``score`` (a pipeline -> scores function), the EMA teacher is
+    scored during training (see :func:`train_dit`).  Returns the summary, also written to ``teacher.json``.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -378,15 +414,19 @@ def train_teacher(
             raise RuntimeError(f"The autoencoder did not learn (final loss {final_loss:.4f} > {limit}); lower ae_lr.")
         save_module(encoder, work_dir / VAE_ENCODER_FILE)
         save_module(decoder, work_dir / VAE_DECODER_FILE)  # last: its presence marks the autoencoder as done
-    encoder, _ = _load_autoencoder(work_dir)
+    encoder, decoder = _load_autoencoder(work_dir)
     ae_seconds = time.perf_counter() - start
 
     images, captions = zip(*sample_dataset(recipe.dataset_size, recipe.seed), strict=True)
     with torch.no_grad():
         latents = torch.cat([encoder(chunk) for chunk in images_to_tensor(list(images)).split(512)])
     text_encoder, tokenizer = load_text_parts(text_dir)
-    dit, text_encoder, dit_losses = train_dit(
-        latents, list(captions), text_encoder, tokenizer, recipe, work_dir / "dit_state.pt"
+
+    def probe(dit: ZImageDiT, text: torch.nn.Module) -> Dict[str, float]:
+        return score(teacher_pipeline(dit, text, tokenizer, decoder))
+
+    dit, text_encoder, dit_losses, curve = train_dit(
+        latents, list(captions), text_encoder, tokenizer, recipe, work_dir / "dit_state.pt", probe if score else None
     )
 
     with atomic_directory(out_dir, "the teacher") as staging:
@@ -400,6 +440,7 @@ def train_teacher(
             "recipe": asdict(recipe),
             "ae_final_loss": float(np.mean(ae_losses[-50:])) if ae_losses else None,
             "dit_final_loss": float(np.mean(dit_losses[-100:])),
+            "curve": curve,
             "seconds_this_run": {
                 "autoencoder": round(ae_seconds, 1),
                 "total": round(time.perf_counter() - start, 1),
