@@ -107,11 +107,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def _add_generate(sub) -> None:
     parser = sub.add_parser(
         "generate",
-        help="generate PNG images from prompts with an L2P model (default: the tiny model set)",
+        help="generate PNG images from prompts with an L2P model (default: the shipped tiny-world student)",
         description=(
             "Generate images with ZImageL2PPipeline and write them as PNGs that carry their generation parameters "
-            "(JSON in the 'parameters' text chunk). Without --model, the default tiny model set is used (random "
-            "weights, built on first use under $L2P_HOME, default ~/.cache/diffsynth_l2p). Prints the written paths."
+            "(JSON in the 'parameters' text chunk). Without --model, the default model is used: the tiny-world "
+            "student that ships with the package (64x64 pictures of colored shapes). Prints the written paths."
         ),
     )
     prompts = parser.add_mutually_exclusive_group(required=True)
@@ -123,7 +123,7 @@ def _add_generate(sub) -> None:
     parser.add_argument(
         "--model", nargs="+", default=None, metavar="PATH",
         help="a model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, the text-encoder "
-        "shards and the tokenizer directory; default: the tiny model set",
+        "shards and the tokenizer directory; default: the shipped tiny-world student",
     )
     parser.add_argument("--steps", type=int_option(1), default=30, help="denoising steps (default: 30)")
     parser.add_argument(

@@ -2,8 +2,8 @@
 
 ``build_tiny_l2p`` writes the three parts in the real on-disk formats, so DiffSynth's loader and
 ``ZImageL2PPipeline.from_pretrained`` load them exactly like the released files.  Its weights are **random**
-(seeded): the set exercises every code path and is the default model of ``l2p generate`` and the demo until
-the trained tiny-world student ships in ``tiny_world/assets`` (see ``docs/tiny-world.md``).
+(seeded): the set exercises every code path in tests, and the tiny-world teacher and student start from it
+(``docs/tiny-world.md``).  The default model is the trained student (:mod:`.model_set`).
 """
 
 import json
@@ -15,16 +15,10 @@ import torch
 from safetensors.torch import save_file
 
 from .atomic import atomic_directory
+from .model_set import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
 from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from .models.text_encoder import Qwen3TextEncoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
-
-DIT_FILE = "l2p-dit.safetensors"
-TEXT_ENCODER_DIR = "text_encoder"
-TOKENIZER_DIR = "tokenizer"
-TINY_SET_VERSION = "tiny-random-v1"
-# Where the trained tiny-world student ships: an L2P model set (DiT, text encoder, tokenizer) in the package.
-SHIPPED_STUDENT_DIR = Path(__file__).parent / "tiny_world" / "assets"
 
 PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -144,20 +138,3 @@ def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str,
         "text_encoder": [str(model_dir / TEXT_ENCODER_DIR / "model.safetensors")],
         "tokenizer": str(model_dir / TOKENIZER_DIR),
     }
-
-
-def default_model_dir() -> Path:
-    """The default model set, built on first use: ``$L2P_HOME/tiny-random-v1`` (``~/.cache/diffsynth_l2p``).
-
-    It is the random tiny set of ``build_tiny_l2p(seed=0)``, a stand-in until trained tiny-world weights ship
-    (``docs/tiny-world.md``).
-    """
-    home = Path(os.environ.get("L2P_HOME") or Path.home() / ".cache" / "diffsynth_l2p")
-    model_dir = home / TINY_SET_VERSION
-    if not (model_dir / DIT_FILE).exists():
-        try:
-            build_tiny_l2p(model_dir, seed=0)
-        except FileExistsError:
-            if not (model_dir / DIT_FILE).exists():  # not a concurrent build that just finished
-                raise
-    return model_dir

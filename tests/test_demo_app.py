@@ -84,7 +84,7 @@ def test_app_py_without_arguments_serves_the_tiny_model_on_127_0_0_1_23231(tmp_p
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", 23231)) == 0:
             pytest.skip("port 23231 is already in use on this machine")
-    env = offline_env(L2P_HOME=str(tmp_path / "home"))
+    env = offline_env()
     log = tmp_path / "app.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -96,7 +96,7 @@ def test_app_py_without_arguments_serves_the_tiny_model_on_127_0_0_1_23231(tmp_p
             time.sleep(0.2)
         result = submit_generate(gradio_client.Client("http://127.0.0.1:23231/", verbose=False), seed=5).result(TIMEOUT)
         assert pixels(result).shape == (64, 64, 3)
-        assert "tiny (default)" in read_png_parameters(result[2][0])["model"]
+        assert "tiny-world student (default)" in read_png_parameters(result[2][0])["model"]
     finally:
         process.terminate()
         exit_code = process.wait(timeout=60)

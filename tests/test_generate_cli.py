@@ -21,8 +21,8 @@ def model_args(files: dict) -> list:
 
 
 def test_fresh_command_line_writes_an_image_with_its_parameters(tmp_path):
-    """The README command, as a user runs it: the default model (the random tiny set, built on first use), defaults."""
-    env = dict(os.environ, L2P_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", DIFFSYNTH_SKIP_DOWNLOAD="True")
+    """The README command, as a user runs it: the default model (the shipped tiny-world student), defaults."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFSYNTH_SKIP_DOWNLOAD="True")
     l2p = Path(sys.executable).with_name("l2p")
     command = [str(l2p), "generate", "--prompt", "a red circle left of a blue square", "--out", "x.png"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

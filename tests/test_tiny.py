@@ -1,4 +1,4 @@
-"""The tiny model set: on-disk formats, DiffSynth detection, reproducibility, tokenizer, default location."""
+"""The tiny model set: on-disk formats, DiffSynth detection, reproducibility, tokenizer, the default model."""
 
 from pathlib import Path
 
@@ -13,12 +13,8 @@ from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from diffsynth_l2p.models.text_encoder import TEXT_ENCODER_CLASS, Qwen3TextEncoder, text_encoder_hash
 from diffsynth_l2p.pipelines.loading import load_pipeline
 from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, TINY_DIT_HASH, TINY_TEXT_ENCODER_HASH, find_registered
-from diffsynth_l2p.tiny import (
-    UNK_TOKEN,
-    VOCABULARY,
-    build_tiny_l2p,
-    default_model_dir,
-)
+from diffsynth_l2p import model_set
+from diffsynth_l2p.tiny import UNK_TOKEN, VOCABULARY, build_tiny_l2p
 
 
 def test_layout_and_returned_paths(tiny_model_set):
@@ -101,11 +97,9 @@ def test_random_model_draws_non_degenerate_images(tiny_model_set):
     assert not np.array_equal(image, other)  # the prompt reaches the image
 
 
-def test_default_model_dir_is_built_once_under_l2p_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2P_HOME", str(tmp_path))
-    model_dir = default_model_dir()
-    assert model_dir == tmp_path / "tiny-random-v1"
-    dit = model_dir / "l2p-dit.safetensors"
-    stamp = dit.stat().st_mtime_ns
-    assert default_model_dir() == model_dir and dit.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-random-v1"]  # no staging leftovers
+def test_default_model_is_the_shipped_student_and_its_absence_names_the_fix(tmp_path, monkeypatch):
+    assert model_set.default_model_dir() == model_set.DEFAULT_MODEL_DIR
+    assert (model_set.DEFAULT_MODEL_DIR / model_set.DIT_FILE).is_file()
+    monkeypatch.setattr(model_set, "DEFAULT_MODEL_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="reinstall diffsynth-l2p, or pass --model"):
+        model_set.default_model_dir()

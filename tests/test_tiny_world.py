@@ -10,8 +10,9 @@ from diffsynth.configs import MODEL_CONFIGS
 from diffsynth.pipelines.z_image import ZImagePipeline
 from PIL import Image
 
+from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR
 from diffsynth_l2p.pipelines.loading import load_pipeline
-from diffsynth_l2p.tiny import SHIPPED_STUDENT_DIR, build_tiny_l2p
+from diffsynth_l2p.tiny import build_tiny_l2p
 from diffsynth_l2p.tiny_world.reproduce import SUMMARY_FILE, _sha256, gate_scenes, gate_score
 from diffsynth_l2p.tiny_world.sampling import sample_images
 from diffsynth_l2p.tiny_world.shape_eval import score_image
@@ -29,7 +30,7 @@ from diffsynth_l2p.tiny_world.teacher import (
     train_autoencoder,
 )
 
-SUMMARY_PATH = SHIPPED_STUDENT_DIR / SUMMARY_FILE
+SUMMARY_PATH = DEFAULT_MODEL_DIR / SUMMARY_FILE
 SUMMARY = json.loads(SUMMARY_PATH.read_text(encoding="utf-8")) if SUMMARY_PATH.exists() else None
 shipped = pytest.mark.skipif(SUMMARY is None, reason="no tiny-world reproduction is shipped yet (docs/tiny-world.md)")
 DIFFSYNTH_NAMES = {"z_image_dit", "flux_vae_encoder", "flux_vae_decoder"}
@@ -132,12 +133,12 @@ def test_training_records_exclude_held_out_pairs():
 @shipped
 def test_shipped_files_are_the_recorded_reproduction():
     shipped = {
-        str(path.relative_to(SHIPPED_STUDENT_DIR)): _sha256(path)
-        for path in sorted(SHIPPED_STUDENT_DIR.rglob("*"))
+        str(path.relative_to(DEFAULT_MODEL_DIR)): _sha256(path)
+        for path in sorted(DEFAULT_MODEL_DIR.rglob("*"))
         if path.is_file() and path.name != SUMMARY_FILE
     }
     assert shipped == SUMMARY["sha256"]
-    assert sum(path.stat().st_size for path in SHIPPED_STUDENT_DIR.rglob("*") if path.is_file()) < 20 * 2**20
+    assert sum(path.stat().st_size for path in DEFAULT_MODEL_DIR.rglob("*") if path.is_file()) < 20 * 2**20
     assert (ASSETS_DIR / "dit.safetensors").is_file()
 
 
@@ -153,7 +154,7 @@ def test_shipped_scores_meet_the_floors():
 def test_quality_gate_holds_for_the_shipped_student_and_fails_for_a_random_one(tiny_model_set):
     threshold = SUMMARY["gate"]["score"] - 0.05
     assert len(gate_scenes()) == SUMMARY["gate"]["prompts"] == 12
-    assert gate_score(load_pipeline(SHIPPED_STUDENT_DIR)) >= threshold
+    assert gate_score(load_pipeline(DEFAULT_MODEL_DIR)) >= threshold
     assert gate_score(load_pipeline(tiny_model_set)) < threshold
 
 

@@ -24,7 +24,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         nargs="+",
         metavar="PATH",
         help="a model directory, or the L2P DiT file, text-encoder shards and tokenizer directory "
-        "(default: the tiny model set, built on first use)",
+        "(default: the shipped tiny-world student)",
     )
     parser.add_argument(
         "--dtype",
@@ -109,7 +109,7 @@ class DemoServer:
             raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}.")
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         files = resolve_model_files(model)
-        model_label = Path(files["dit"]).name if args.model else "tiny (default)"  # no server paths in the page
+        model_label = Path(files["dit"]).name if args.model else "tiny-world student (default)"  # no server paths in the page
         config = native_config(files["dit"])
         native = min(config.default_height, config.default_width)
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything

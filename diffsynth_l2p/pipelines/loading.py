@@ -7,10 +7,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
+from ..model_set import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
 from ..models.configs import L2P_CONFIGS, L2PConfig
 from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered
 from ..safetensors_io import read_header, read_headers
-from ..tiny import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
 from .z_image_l2p import ZImageL2PPipeline
 
 ModelFiles = Dict[str, Union[str, List[str]]]

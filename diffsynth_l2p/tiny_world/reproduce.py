@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_open
+from ..model_set import DEFAULT_MODEL_DIR, DIT_FILE
 from ..pipelines.loading import load_pipeline
-from ..tiny import DIT_FILE, SHIPPED_STUDENT_DIR
 from .shape_eval import evaluate, evaluate_pipeline
 from .shapes import CATEGORIES, IMAGE_SIZE, Scene, evaluation_scenes, render_scene
 from .student import StudentRecipe, train_student
@@ -237,7 +237,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ship(out_dir: Union[str, os.PathLike], assets_dir: Union[str, os.PathLike] = SHIPPED_STUDENT_DIR) -> Dict[str, Any]:
+def ship(out_dir: Union[str, os.PathLike], assets_dir: Union[str, os.PathLike] = DEFAULT_MODEL_DIR) -> Dict[str, Any]:
     """Replace the package's tiny-world assets with a finished reproduction in ``out_dir`` (maintainers).
 
     The student set goes to ``assets_dir`` and the teacher's own files to ``assets_dir/teacher`` (the text encoder
@@ -275,7 +275,7 @@ def evaluate_directories(
 ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float]]:
     """ShapeEval of one model directory (teacher or L2P), or of the shipped teacher and student when None."""
     if model_dir is None:
-        models = {"teacher": lambda: load_teacher(), "student": lambda: load_pipeline(SHIPPED_STUDENT_DIR)}
+        models = {"teacher": lambda: load_teacher(), "student": lambda: load_pipeline(DEFAULT_MODEL_DIR)}
     elif (Path(model_dir) / TEACHER_DIT_FILE).is_file():
         models = {"teacher": lambda: load_teacher(model_dir)}
     else:

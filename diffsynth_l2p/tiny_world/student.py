@@ -36,7 +36,7 @@ from ..data.synthesize import (
     shard_path,
 )
 from ..merge import merge_checkpoints
-from ..tiny import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
+from ..model_set import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
 from ..training.trainer import TrainConfig, train
 from .shapes import IMAGE_SIZE, parse_caption, render_scene, sample_scene
 from .teacher import DIT_FILE as TEACHER_DIT_FILE

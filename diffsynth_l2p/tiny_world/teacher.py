@@ -34,19 +34,16 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..atomic import atomic_directory, atomic_path
+from ..model_set import DEFAULT_MODEL_DIR
 from ..models.backbone import latent_velocity
 from ..models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from ..models.text_encoder import Qwen3TextEncoder
 from ..registry import meta_model, register_all, register_model
-from ..tiny import (
-    SHIPPED_STUDENT_DIR,
-    build_tiny_l2p,
-    init_weights,
-)
+from ..tiny import build_tiny_l2p, init_weights
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
 from .shapes import sample_codec_images, sample_dataset
 
-ASSETS_DIR = SHIPPED_STUDENT_DIR / "teacher"  # shares the student's text encoder and tokenizer (its parent)
+ASSETS_DIR = DEFAULT_MODEL_DIR / "teacher"  # shares the student's text encoder and tokenizer (its parent)
 DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE = "dit.safetensors", "vae_encoder.safetensors", "vae_decoder.safetensors"
 TEXT_ENCODER_DIR, TOKENIZER_DIR, SUMMARY_FILE = "text_encoder", "tokenizer", "teacher.json"
 TEXT_ENCODER_SEED = 0  # the text encoder starts as build_tiny_l2p(seed=0)'s

@@ -31,7 +31,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, text-encoder shards "
-        "and tokenizer directory, as for `l2p generate`; default: the tiny model set",
+        "and tokenizer directory, as for `l2p generate`; default: the shipped tiny-world student",
     )
     model.add_argument("--model_paths", default=None, help="DiffSynth spelling: a JSON list of the same paths")
     model.add_argument(
