@@ -155,15 +155,13 @@ def _add_generate(sub) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     import contextlib
 
-    import torch
-
     from .data.prompts import read_prompts
     from .generate import generate_to_files
     from .pipelines.loading import load_pipeline, native_config, resolve_model_files
-    from .validation import DEFAULT_MAX_PIXELS, check_image_size, check_seed
+    from .validation import DEFAULT_MAX_PIXELS, check_image_size, check_seed, resolve_dtype
 
     device = check_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    dtype = resolve_dtype(args.dtype, device)
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
     check_seed(args.seed, "--seed", args.num_images)
     if args.out.lower().endswith(".png"):

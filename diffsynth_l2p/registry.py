@@ -8,7 +8,7 @@ from diffsynth.configs import MODEL_CONFIGS, VRAM_MANAGEMENT_MODULE_MAPS
 from diffsynth.core import hash_state_dict_keys
 
 from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
-from .models.text_encoder import TEXT_ENCODER_CLASS, TEXT_ENCODER_MODEL_NAME, text_encoder_hash
+from .models.text_encoder import TEXT_ENCODER_CLASS, TEXT_ENCODER_MODEL_NAME, Qwen3TextEncoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
 
 L2P_DIT_MODEL_NAME = "z_image_l2p_dit"
@@ -37,9 +37,9 @@ def meta_state_shapes(model_class: Type[torch.nn.Module] = ZImageL2PDiT, /, **kw
     return {key: tuple(value.shape) for key, value in meta_model(model_class, **kwargs).state_dict().items()}
 
 
-def l2p_dit_hash(**kwargs: Any) -> str:
-    """DiffSynth's file hash of a ``ZImageL2PDiT(**kwargs)`` checkpoint, computed on the meta device."""
-    return hash_state_dict_keys(meta_model(**kwargs).state_dict())
+def meta_hash(model_class: Type[torch.nn.Module] = ZImageL2PDiT, /, **kwargs: Any) -> str:
+    """DiffSynth's file hash of a ``model_class(**kwargs)`` checkpoint (default ``ZImageL2PDiT``), from meta."""
+    return hash_state_dict_keys(meta_model(model_class, **kwargs).state_dict())
 
 
 def register_model(
@@ -64,7 +64,7 @@ def register_model(
 
 def register_l2p_dit(model_hash: Optional[str] = None, **kwargs: Any) -> str:
     """Register a ``ZImageL2PDiT`` configuration (hash computed unless given) and return its hash."""
-    model_hash = model_hash or l2p_dit_hash(**kwargs)
+    model_hash = model_hash or meta_hash(**kwargs)
     register_model(model_hash, L2P_DIT_MODEL_NAME, L2P_DIT_CLASS, kwargs)
     return model_hash
 
@@ -108,6 +108,6 @@ def register_all() -> None:
 def register_text_encoder(**config: Any) -> str:
     """Register another ``Qwen3TextEncoder`` configuration as DiffSynth's ``z_image_text_encoder``; return its hash."""
     register_all()  # the class's VRAM-management map
-    model_hash = text_encoder_hash(**config)
+    model_hash = meta_hash(Qwen3TextEncoder, **config)
     register_model(model_hash, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, config)
     return model_hash

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 from diffsynth.core import hash_model_file, hash_state_dict_keys
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .atomic import atomic_path
@@ -184,6 +185,16 @@ def atomic_output(output_path: Union[str, os.PathLike], inputs: PathOrPaths = ()
     """``atomic_path`` for a *.safetensors output that is none of ``inputs`` (checked first; inputs are kept)."""
     with atomic_path(check_output_path(output_path, inputs)) as temp_path:
         yield temp_path
+
+
+def save_module(module: torch.nn.Module, path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None) -> None:
+    """Save a module's state dict as safetensors (floating tensors cast to ``dtype``), atomically."""
+    state_dict = {}
+    for key, value in module.state_dict().items():
+        value = value.detach()
+        state_dict[key] = (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+    with atomic_path(path) as temp_path:
+        save_file(state_dict, temp_path)
 
 
 def write_safetensors(

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Dict, List, Union
 
 import torch
-from safetensors.torch import save_file
 
 from .atomic import atomic_directory
 from .model_set import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
 from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from .models.text_encoder import Qwen3TextEncoder
 from .models.z_image_l2p_dit import ZImageL2PDiT
+from .safetensors_io import save_module
 
 PAD_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -105,11 +105,6 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             param.fill_(1.0)
 
 
-def _save_safetensors(model: torch.nn.Module, path: Path) -> None:
-    state_dict = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    save_file(state_dict, str(path))
-
-
 def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Union[str, List[str]]]:
     """Write a random tiny L2P model set into ``out_dir`` (created atomically; must not exist or be empty).
 
@@ -119,12 +114,12 @@ def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str,
     with atomic_directory(out_dir, "the tiny model set") as staging:
         dit = ZImageL2PDiT(**L2P_CONFIGS["tiny"].kwargs)
         init_weights(dit, seed)
-        _save_safetensors(dit, staging / DIT_FILE)
+        save_module(dit, staging / DIT_FILE)
 
         text_encoder = Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG)
         init_weights(text_encoder, seed + 1)
         (staging / TEXT_ENCODER_DIR).mkdir()
-        _save_safetensors(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors")
+        save_module(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors")
 
         save_tokenizer(build_tokenizer(), staging / TOKENIZER_DIR)
     return tiny_model_files(out_dir)

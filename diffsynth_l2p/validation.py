@@ -10,7 +10,10 @@ import math
 import os
 import tempfile
 from numbers import Integral, Real
-from typing import Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
+
+if TYPE_CHECKING:
+    import torch
 
 # torch.Generator.manual_seed takes 64-bit seeds; negative values wrap around, so only 0..2**64-1 is accepted.
 MAX_SEED = 2**64 - 1
@@ -114,6 +117,20 @@ def check_device(device: Optional[str]) -> str:
         if backend is None or not getattr(backend, "is_available", lambda: False)():
             raise ValueError(f"Device {device!r} is not available on this machine; use cpu, cuda, cuda:N or mps.")
     return device
+
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: Optional[str], device: str) -> "torch.dtype":
+    """The compute dtype ``name`` (``None`` or ``auto``: bfloat16 on CUDA, float32 elsewhere), as a torch dtype."""
+    import torch
+
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"--dtype: {name!r} is not one of auto, {', '.join(DTYPE_NAMES)}.")
+    return getattr(torch, name)
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

@@ -29,7 +29,7 @@ from diffsynth_l2p.registry import (
     L2P_DIT_CLASS,
     L2P_DIT_MODEL_NAME,
     find_registered,
-    l2p_dit_hash,
+    meta_hash,
     meta_state_shapes,
 )
 from diffsynth_l2p.safetensors_io import read_headers, same_bits
@@ -82,7 +82,7 @@ def test_dry_run_of_a_tiny_file_predicts_the_written_hash_and_writes_nothing(lat
     dry = convert_latent_to_pixel(shards, tmp_path / "pixel.safetensors", dry_run=True)
     assert os.listdir(tmp_path) == []
     report, _ = converted
-    assert dry.output_hash == report.output_hash == hash_model_file(report.output_path) == l2p_dit_hash(**TINY)
+    assert dry.output_hash == report.output_hash == hash_model_file(report.output_path) == meta_hash(**TINY)
     assert dry.plan == report.plan and "predicted hash" in dry.summary()
 
 
@@ -158,7 +158,7 @@ def test_plan_refuses_a_config_that_disagrees_with_the_source(latent):
         plan_conversion(header, {**TINY, "n_layers": 3})
     with pytest.raises(ValueError, match="Unknown L2P config"):
         plan_conversion(header, "2k")
-    assert plan_conversion(header, dict(TINY)).output_hash == l2p_dit_hash(**TINY)
+    assert plan_conversion(header, dict(TINY)).output_hash == meta_hash(**TINY)
 
 
 def _truncate(path: str) -> None:
@@ -289,4 +289,4 @@ def test_example_script_is_the_same_command(latent, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(EXAMPLE), run_name="__main__")
     assert exit_info.value.code == 0
-    assert l2p_dit_hash(**TINY) in capsys.readouterr().out and not (tmp_path / "o.safetensors").exists()
+    assert meta_hash(**TINY) in capsys.readouterr().out and not (tmp_path / "o.safetensors").exists()

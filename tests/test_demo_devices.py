@@ -8,10 +8,10 @@ from diffsynth_l2p.demo.devices import (
     order_cuda_devices,
     query_cuda_memory,
     resolve_devices,
-    resolve_dtype,
     worker_devices,
     worker_names,
 )
+from diffsynth_l2p.validation import resolve_dtype
 
 MB = 1024**2
 GB = 1024**3
@@ -84,7 +84,7 @@ def test_workers_per_device_interleaves_devices_and_names_are_unique():
 
 
 def test_dtype_auto_depends_on_device():
-    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("auto", "cpu") is resolve_dtype(None, "cpu") is torch.float32
     assert resolve_dtype("auto", "cuda:0") is torch.bfloat16
     assert resolve_dtype("float16", "cpu") is torch.float16
     with pytest.raises(ValueError, match="'fp8' is not one of auto, float32"):

@@ -17,7 +17,7 @@ from diffsynth_l2p.cli import main
 from diffsynth_l2p.merge import fuse_lora, merge_checkpoints, plan_merge
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
-from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, l2p_dit_hash
+from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, meta_hash
 from diffsynth_l2p.safetensors_io import TensorInfo, read_header, same_bits
 
 MERGE_WEIGHTS = Path(__file__).resolve().parents[1] / "merge_weights.py"
@@ -70,7 +70,7 @@ def test_merge_overwrites_keeps_the_rest_and_reports(files, tmp_path):
         assert same_bits(value, step[key] if key in overwritten else full[key]), key  # A's tensor and dtype kept
     assert report.plan.absent_from_b == ("lora.extra.weight",)
     assert [key for key, _, _ in report.plan.shape_mismatches] == ["layers.1.attention.to_q.weight"]
-    assert report.output_hash == l2p_dit_hash(**TINY)
+    assert report.output_hash == meta_hash(**TINY)
     assert [entry["model_name"] for entry in report.detected] == [L2P_DIT_MODEL_NAME]
     summary = report.summary()
     assert f"overwritten from A: {len(overwritten)} tensors" in summary and "absent from B (not added): 1" in summary
@@ -117,7 +117,7 @@ def test_fuse_lora_adds_b_times_a_and_overwrites_full_rank_tensors(files, tmp_pa
     assert same_bits(fused["local_decoder.out_conv.weight"], lora["local_decoder.out_conv.weight"])
     untouched = [k for k in full if k not in (key, "local_decoder.out_conv.weight")]
     assert all(same_bits(fused[k], full[k]) for k in untouched)
-    assert report.output_hash == l2p_dit_hash(**TINY) and set(report.plan.overwritten) == {
+    assert report.output_hash == meta_hash(**TINY) and set(report.plan.overwritten) == {
         key,
         "local_decoder.out_conv.weight",
     }
@@ -190,7 +190,7 @@ def test_merge_weights_script_prints_hash_and_model_and_exits_2_on_bad_input(fil
         runpy.run_path(str(MERGE_WEIGHTS), run_name="__main__")
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert f"output hash: {l2p_dit_hash(**TINY)}" in printed and f"DiffSynth model: {L2P_DIT_MODEL_NAME}" in printed
+    assert f"output hash: {meta_hash(**TINY)}" in printed and f"DiffSynth model: {L2P_DIT_MODEL_NAME}" in printed
 
     assert main(["merge", "--file_a", str(file_a), "--file_b", str(file_b), "--file_out", str(file_a)]) == 2
     assert "l2p merge: error: The output" in capsys.readouterr().err

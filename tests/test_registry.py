@@ -17,7 +17,7 @@ from diffsynth_l2p.pipelines.loading import native_size
 from diffsynth_l2p.registry import (
     L2P_DIT_CLASS,
     L2P_DIT_MODEL_NAME,
-    l2p_dit_hash,
+    meta_hash,
     meta_model,
     meta_state_shapes,
     register_all,
@@ -46,7 +46,7 @@ def test_import_registers_named_configs_idempotently():
     assert len(MODEL_CONFIGS) == before
     hashes = {entry["model_hash"] for entry in l2p_entries()}
     assert "577b2d3e0acea1fb784ca600f966805e" in hashes
-    assert l2p_dit_hash(**TINY) in hashes
+    assert meta_hash(**TINY) in hashes
     assert all(entry["model_name"] == L2P_DIT_MODEL_NAME != "z_image_dit" for entry in l2p_entries())
     assert len(hashes) == len(l2p_entries())
 
@@ -59,7 +59,7 @@ def test_vram_map_covers_head_and_backbone_layers():
 def test_custom_config_hash_is_computed_and_registered():
     kwargs = {**TINY, "n_layers": 3}
     model_hash = register_l2p_dit(**kwargs)
-    assert model_hash != l2p_dit_hash(**TINY)
+    assert model_hash != meta_hash(**TINY)
     assert register_l2p_dit(**kwargs) == model_hash
     matching = [entry for entry in l2p_entries() if entry["model_hash"] == model_hash]
     assert len(matching) == 1 and matching[0]["extra_kwargs"]["n_layers"] == 3
@@ -68,7 +68,7 @@ def test_custom_config_hash_is_computed_and_registered():
 def test_diffsynth_model_pool_loads_tiny_checkpoint(tmp_path):
     path = tmp_path / "tiny_l2p.safetensors"
     state = save_tiny_checkpoint(path)
-    assert hash_model_file(str(path)) == l2p_dit_hash(**TINY)
+    assert hash_model_file(str(path)) == meta_hash(**TINY)
     pool = ModelPool()
     pool.auto_load_model(str(path), vram_config={**pool.default_vram_config(), "computation_dtype": torch.float32})
     model = pool.fetch_model(L2P_DIT_MODEL_NAME)

@@ -30,7 +30,7 @@ from diffsynth_l2p.data.synthesize import (
     generate_image,
     merge_shards,
     plan_rows,
-    read_metadata,
+    read_finished_rows,
     rows_of_rank,
     source_model_configs,
 )
@@ -227,14 +227,14 @@ def test_kill_and_resume_ends_with_every_row_once(tmp_path, source_dir):
     shard = out / "shards" / "rank-0.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if shard.exists() and len(read_metadata(str(shard))) >= kill_after:
+        if shard.exists() and len(read_finished_rows(str(shard))) >= kill_after:
             break
         time.sleep(0.01)
     assert process.poll() is None, process.communicate()[1].decode()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    done = read_metadata(str(shard))
+    done = read_finished_rows(str(shard))
     assert kill_after <= len(done) < count
     assert not (out / "metadata.csv").exists()
     assert cli.main(args) == 0
@@ -252,7 +252,7 @@ def test_torn_last_line_is_dropped_and_rows_are_rewritten(tmp_path, source_dir, 
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text("".join(lines[:-1]) + lines[-1][:12])  # a crash while appending the last row
     (out / "metadata.csv").unlink()
-    assert [row.index for row in read_metadata(str(shard))] == [0, 1]
+    assert [row.index for row in read_finished_rows(str(shard))] == [0, 1]
 
     assert cli.main(_args(str(prompts), out, source_dir)) == 0
     assert "written 1, skipped 2" in capsys.readouterr().out
@@ -266,7 +266,7 @@ def test_two_processes_write_disjoint_shards_that_merge(tmp_path, source_dir, ca
     out = tmp_path / "corpus"
     assert cli.main(_args(prompts, out, source_dir, "--num_processes", "2")) == 0
     assert "written 3, skipped 0" in capsys.readouterr().out
-    shards = [{row.index for row in read_metadata(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
+    shards = [{row.index for row in read_finished_rows(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
     assert shards == [{0, 2}, {1}]
     rows = _assert_complete(out, PROMPTS[:3])
     assert list(rows[0]) == ["image", "prompt", "seed"]
@@ -310,7 +310,7 @@ def test_torchrun_workers_shard_and_merge(tmp_path, source_dir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffsynth_l2p.cli"]
     subprocess.run([*command, *_args(str(prompts), out, source_dir)], env=env, check=True, capture_output=True)
-    shards = [{row.index for row in read_metadata(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
+    shards = [{row.index for row in read_finished_rows(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
     assert shards == [{0, 2, 4}, {1, 3}]
     _assert_complete(out, PROMPTS[:5])
 
@@ -326,7 +326,7 @@ def test_explicit_ranks_resume_into_one_corpus(tmp_path, source_dir, source_pipe
     # A later single-worker run only does what rank 1 left.
     second = synthesize(source_pipe, records, out, settings)
     assert (second.written, second.skipped) == (3, 2)
-    shards = [{row.index for row in read_metadata(f"{out}/shards/rank-{r}.csv")} for r in (0, 1)]
+    shards = [{row.index for row in read_finished_rows(f"{out}/shards/rank-{r}.csv")} for r in (0, 1)]
     assert shards == [{0, 2, 4}, {1, 3}]
     assert merge_shards(out) == 5
     _assert_complete(tmp_path / "corpus", PROMPTS[:5])
@@ -341,7 +341,7 @@ def test_shard_writer_and_reader_survive_damage(tmp_path):
         file.write("not,a,row\nimages/000001.png,torn")
     with ShardWriter(path, ("image", "prompt", "seed", "category")) as writer:  # cuts the torn tail, keeps the header
         writer.append(rows[1])
-    assert read_metadata(path) == rows
+    assert read_finished_rows(path) == rows
     assert rows[1].prompt == "second line" and rows[1].seed == 8
     planned = plan_rows([{"prompt": "p"}] * 5, base_seed=0)
     assert rows_of_rank(planned, 1, 2) == [planned[1], planned[3]]

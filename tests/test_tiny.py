@@ -9,11 +9,11 @@ from diffsynth.core import hash_model_file
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
-from diffsynth_l2p.models.text_encoder import TEXT_ENCODER_CLASS, Qwen3TextEncoder, text_encoder_hash
-from diffsynth_l2p.pipelines.loading import load_pipeline
-from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, TINY_DIT_HASH, TINY_TEXT_ENCODER_HASH, find_registered
 from diffsynth_l2p import model_set
+from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
+from diffsynth_l2p.models.text_encoder import TEXT_ENCODER_CLASS, Qwen3TextEncoder
+from diffsynth_l2p.pipelines.loading import load_pipeline
+from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, TINY_DIT_HASH, TINY_TEXT_ENCODER_HASH, find_registered, meta_hash
 from diffsynth_l2p.tiny import UNK_TOKEN, VOCABULARY, build_tiny_l2p
 
 
@@ -39,7 +39,7 @@ def test_text_encoder_width_is_the_tiny_dit_caption_width():
     ids = torch.tensor([[2, 10, 11, 3]])
     hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-2]
     assert hidden.shape == (1, 4, 64)
-    assert text_encoder_hash(**TINY_TEXT_ENCODER_CONFIG) == TINY_TEXT_ENCODER_HASH
+    assert meta_hash(Qwen3TextEncoder, **TINY_TEXT_ENCODER_CONFIG) == TINY_TEXT_ENCODER_HASH
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_model_set, tmp_path):

@@ -39,8 +39,9 @@ DIFFSYNTH_NAMES = {"z_image_dit", "flux_vae_encoder", "flux_vae_decoder"}
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> ZImagePipeline:
     """A teacher directory with seeded random weights, in the layout ``train_teacher`` writes."""
+    from diffsynth_l2p.safetensors_io import save_module
     from diffsynth_l2p.tiny_world.autoencoder import TinyVAEDecoder, TinyVAEEncoder
-    from diffsynth_l2p.tiny_world.teacher import DIT_FILE, VAE_DECODER_FILE, VAE_ENCODER_FILE, init_dit, save_module
+    from diffsynth_l2p.tiny_world.teacher import DIT_FILE, VAE_DECODER_FILE, VAE_ENCODER_FILE, init_dit
 
     model_dir = tmp_path_factory.mktemp("teacher")
     build_tiny_l2p(model_dir / "set", seed=0)

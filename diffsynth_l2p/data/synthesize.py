@@ -98,8 +98,8 @@ def rows_of_rank(rows: Sequence[Row], rank: int, world_size: int) -> List[Row]:
     return [row for row in rows if row.index % world_size == rank]
 
 
-def read_metadata(path: str) -> List[Row]:
-    """Complete, well-formed rows of a metadata or shard CSV; a torn last line or a damaged row is skipped."""
+def read_finished_rows(path: str) -> List[Row]:
+    """Rows already written to a synthesis metadata or shard CSV (for resuming); a torn or damaged row is skipped."""
     with open(path, encoding="utf-8", errors="replace", newline="") as file:
         text = file.read()
     lines = text.split("\n")[:-1]  # the part after the last newline is torn (or empty)
@@ -184,7 +184,7 @@ def finished_rows(output_dir: str) -> Dict[int, Row]:
     """Rows recorded in ``metadata.csv`` or any shard whose image file exists, by index (conflicts raise)."""
     finished: Dict[int, Row] = {}
     for path in _metadata_files(output_dir):
-        for row in read_metadata(path):
+        for row in read_finished_rows(path):
             if not os.path.isfile(os.path.join(output_dir, row.image)):
                 continue
             if finished.setdefault(row.index, row) != row:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 UNUSED_BYTES = 100 * 1024**2
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CUDA_DEVICE = re.compile(r"cuda:(\d+)")
 
 
@@ -88,12 +87,3 @@ def worker_names(devices: Sequence[str]) -> list[str]:
         names.append(f"{device}#{seen.get(device, 0)}")
         seen[device] = seen.get(device, 0) + 1
     return names
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """``--dtype``: ``auto`` is bfloat16 on CUDA and float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"--dtype: {name!r} is not one of auto, {', '.join(DTYPES)}.")
-    return DTYPES[name]

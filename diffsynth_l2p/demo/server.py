@@ -98,7 +98,8 @@ class DemoServer:
         import torch
 
         from ..pipelines.loading import native_config, resolve_model_files
-        from .devices import resolve_devices, resolve_dtype, worker_devices, worker_names
+        from ..validation import resolve_dtype
+        from .devices import resolve_devices, worker_devices, worker_names
         from .request import size_limits
         from .ui import UISettings, build_ui
         from .worker import PipelineWorker, WorkerPool
@@ -109,7 +110,8 @@ class DemoServer:
             raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}.")
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         files = resolve_model_files(model)
-        model_label = Path(files["dit"]).name if args.model else "tiny-world student (default)"  # no server paths in the page
+        # No server paths in the page.
+        model_label = Path(files["dit"]).name if args.model else "tiny-world student (default)"
         config = native_config(files["dit"])
         native = min(config.default_height, config.default_width)
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything

@@ -8,7 +8,6 @@ DiffSynth's ``z_image_text_encoder`` name, it is what ``ZImageUnit_PromptEmbedde
 from typing import Any
 
 import torch
-from diffsynth.core import hash_state_dict_keys
 from transformers import Qwen3Config, Qwen3Model
 
 TEXT_ENCODER_MODEL_NAME = "z_image_text_encoder"
@@ -26,10 +25,3 @@ class Qwen3TextEncoder(torch.nn.Module):
 
 
 TEXT_ENCODER_CLASS = f"{Qwen3TextEncoder.__module__}.{Qwen3TextEncoder.__qualname__}"
-
-
-def text_encoder_hash(**config: Any) -> str:
-    """DiffSynth's file hash of a ``Qwen3TextEncoder(**config)`` checkpoint, computed on the meta device."""
-    with torch.device("meta"):
-        model = Qwen3TextEncoder(**config)
-    return hash_state_dict_keys(model.state_dict())

@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from diffsynth.core import ModelConfig, hash_state_dict_keys
+from diffsynth.core import ModelConfig
 from diffsynth.diffusion.flow_match import FlowMatchScheduler
 from diffsynth.models.z_image_dit import ZImageDiT
 from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -38,7 +38,8 @@ from ..model_set import DEFAULT_MODEL_DIR
 from ..models.backbone import latent_velocity
 from ..models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from ..models.text_encoder import Qwen3TextEncoder
-from ..registry import meta_model, register_all, register_model
+from ..registry import meta_hash, register_all, register_model
+from ..safetensors_io import save_module
 from ..tiny import build_tiny_l2p, init_weights
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
 from .shapes import sample_codec_images, sample_dataset
@@ -88,9 +89,9 @@ class TeacherRecipe:
 def register_teacher_models() -> Dict[str, str]:
     """Register the teacher DiT and autoencoder halves under the tiny world's own names; return their hashes."""
     hashes = {
-        "dit": hash_state_dict_keys(meta_model(ZImageDiT, **TEACHER_DIT_CONFIG).state_dict()),
-        "vae_encoder": hash_state_dict_keys(meta_model(TinyVAEEncoder).state_dict()),
-        "vae_decoder": hash_state_dict_keys(meta_model(TinyVAEDecoder).state_dict()),
+        "dit": meta_hash(ZImageDiT, **TEACHER_DIT_CONFIG),
+        "vae_encoder": meta_hash(TinyVAEEncoder),
+        "vae_decoder": meta_hash(TinyVAEDecoder),
     }
     register_model(hashes["dit"], DIT_MODEL_NAME, DIT_CLASS, TEACHER_DIT_CONFIG)
     register_model(hashes["vae_encoder"], VAE_ENCODER_MODEL_NAME, VAE_ENCODER_CLASS)
@@ -360,16 +361,6 @@ def teacher_pipeline(
     pipe.dit, pipe.text_encoder, pipe.tokenizer = dit, text_encoder, tokenizer
     pipe.vae_decoder = vae_decoder.to(torch.bfloat16)
     return pipe
-
-
-def save_module(module: torch.nn.Module, path: Path, dtype: Optional[torch.dtype] = None) -> None:
-    """Save a module's state dict as safetensors (floating tensors cast to ``dtype``), atomically."""
-    state_dict = {}
-    for key, value in module.state_dict().items():
-        value = value.detach()
-        state_dict[key] = (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
-    with atomic_path(path) as temp_path:
-        save_file(state_dict, temp_path)
 
 
 def _load_autoencoder(work_dir: Path) -> Tuple[TinyVAEEncoder, TinyVAEDecoder]:

@@ -13,6 +13,13 @@ LOG_FORMATS = ("csv", "tensorboard")
 NOISE_MODES = ("seed", "fresh")  # per-image seeded noise (the release) or fresh draws from the run's generator
 
 
+def check_noise_mode(noise: str) -> str:
+    """``noise`` if it is one of :data:`NOISE_MODES`, else a one-line error naming them."""
+    if noise not in NOISE_MODES:
+        raise ValueError(f"--noise must be 'seed' (per-image seed, the release) or 'fresh', got {noise!r}.")
+    return noise
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training options (DiffSynth's spellings where they exist) to ``parser``."""
     data = parser.add_argument_group("data")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..pipelines.z_image_l2p import ZImageL2PPipeline
 from ..safetensors_io import atomic_output
-from .arguments import NOISE_MODES
+from .arguments import check_noise_mode
 from .presets import TrainableSet
 
 
@@ -71,10 +71,8 @@ class L2PTrainingModule(DiffusionTrainingModule):
         text_embedding_cache: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if noise not in NOISE_MODES:
-            raise ValueError(f"Unknown noise mode {noise!r}; use 'seed' (per-image seed, the release) or 'fresh'.")
         self.pipe = pipe
-        self.noise = noise
+        self.noise = check_noise_mode(noise)
         self.use_gradient_checkpointing = use_gradient_checkpointing
         self.text_embedding_cache = text_embedding_cache
         self.trainable = trainable

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..atomic import apply_umask, atomic_open
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
-from .arguments import LOG_FORMATS, NOISE_MODES
+from .arguments import LOG_FORMATS, check_noise_mode
 from .dataset import DIVISION_FACTOR, L2PImageDataset, bucket_batches, collate
 from .precision import PrecisionPlan, cast_trainable, precision_plan
 from .presets import TrainableSet, resolve_trainable
@@ -101,8 +101,7 @@ def check_config(config: TrainConfig) -> None:
     check_float(config.shift, "--shift", inclusive=False)
     # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
     check_int(config.seed, "--seed", minimum=0, maximum=2**32 - 1)
-    if config.noise not in NOISE_MODES:
-        raise ValueError(f"--noise must be 'seed' (per-image seed, the release) or 'fresh', got {config.noise!r}.")
+    check_noise_mode(config.noise)
     if config.log is not None and config.log not in LOG_FORMATS:
         raise ValueError(f"--log must be one of {', '.join(LOG_FORMATS)}, got {config.log!r}.")
     if config.log == "tensorboard":
