@@ -80,8 +80,8 @@ def generate_to_files(
             cfg_scale=cfg_scale,
             sigma_shift=sigma_shift,
         )
-        images = pipe(**call, num_images=num_images, progress_bar_cmd=(lambda steps: steps) if several else tqdm)
-        for index, image in enumerate(images if isinstance(images, list) else [images]):
+        progress = (lambda steps: steps) if several else tqdm
+        for index, image in enumerate(pipe.generate_images(**call, num_images=num_images, progress_bar_cmd=progress)):
             parameters = dict(call, seed=call["seed"] + index, height=image.height, width=image.width, model=model)
             if sigma_shift is None:
                 parameters["sigma_shift"] = default_sigma_shift(image.height, image.width)

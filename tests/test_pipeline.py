@@ -138,6 +138,13 @@ def test_num_images_equals_separate_calls_with_consecutive_seeds(pipe, monkeypat
     assert batch[0].tobytes() != batch[1].tobytes()
 
 
+def test_call_unwraps_one_image_and_generate_images_always_returns_a_list(pipe):
+    single = pipe(PROMPT, seed=5, **FAST)
+    listed = pipe.generate_images(PROMPT, seed=5, **FAST)
+    assert isinstance(single, Image.Image) and isinstance(listed, list) and len(listed) == 1
+    assert listed[0].tobytes() == single.tobytes()
+
+
 def test_model_fn_shares_one_prompt_across_the_batch(pipe):
     embeds = pipe.units[1].encode_prompt(pipe, PROMPT, "cpu")
     latents = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))

@@ -85,9 +85,10 @@ class PipelineWorker:
             "worker %s: seed %d, %d steps, %dx%d", self.name, request.seed, request.steps, request.width, request.height
         )
         start = time.perf_counter()
-        images = self.pipe(**request.pipeline_kwargs(), rand_device="cpu", progress_bar_cmd=progress_bar_cmd)
+        images = self.pipe.generate_images(
+            **request.pipeline_kwargs(), rand_device="cpu", progress_bar_cmd=progress_bar_cmd
+        )
         seconds = time.perf_counter() - start
-        images = images if isinstance(images, list) else [images]
         prune_outputs(self.output_dir)
         results = []
         for index, image in enumerate(images):

@@ -214,8 +214,13 @@ class ZImageL2PPipeline(BasePipeline):
             if getattr(model, "vram_management_enabled", False):
                 _set_onloaded(model, name in model_names)
 
+    def __call__(self, prompt: str, *args: Any, **kwargs: Any) -> Union[Image.Image, List[Image.Image]]:
+        """:meth:`generate_images` with the release's return: one PIL image, or the list when ``num_images > 1``."""
+        images = self.generate_images(prompt, *args, **kwargs)
+        return images[0] if len(images) == 1 else images
+
     @torch.no_grad()
-    def __call__(
+    def generate_images(
         self,
         prompt: str,
         negative_prompt: str = "",
@@ -230,8 +235,8 @@ class ZImageL2PPipeline(BasePipeline):
         denoising_strength: float = 1.0,
         num_images: int = 1,
         progress_bar_cmd=tqdm,
-    ) -> Union[Image.Image, List[Image.Image]]:
-        """Generate ``num_images`` images (PIL; a list when ``num_images > 1``) for one prompt.
+    ) -> List[Image.Image]:
+        """Generate ``num_images`` PIL images for one prompt (always a list; ``pipe(...)`` unwraps a single one).
 
         Image ``i`` uses noise seeded with ``seed + i``, so a batch equals separate calls with those seeds.
         Sizes that are not multiples of 16 are rounded up with a warning; ``sigma_shift=None`` means
@@ -295,8 +300,7 @@ class ZImageL2PPipeline(BasePipeline):
         self.load_models_to_device([])
 
         # The "latents" are pixels in [-1, 1]: no decoder.
-        images = [self.vae_output_to_image(sample.float(), pattern="C H W") for sample in inputs_shared["latents"]]
-        return images[0] if num_images == 1 else images
+        return [self.vae_output_to_image(sample.float(), pattern="C H W") for sample in inputs_shared["latents"]]
 
 
 class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
