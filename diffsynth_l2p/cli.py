@@ -100,7 +100,7 @@ def _add_inspect(sub) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect_checkpoint
 
-    print(inspect_checkpoint(args.files).format())
+    print(inspect_checkpoint(args.files).summary())
     return 0
 
 
@@ -328,7 +328,7 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         else:
             summary = run_job_in_processes(job, args.num_processes)
             note = f"metadata.csv written to {args.output_dir}"
-    print(summary)
+    print(summary.summary())
     print(note)
     return 1 if summary.failed else 0
 

@@ -104,7 +104,7 @@ class InspectionReport:
     layout: Optional[LayoutComparison]
     hints: Tuple[str, ...] = field(default=())
 
-    def format(self) -> str:
+    def summary(self) -> str:
         lines = [f"checkpoint: {', '.join(self.paths)}", f"hash: {self.model_hash}"]
         if self.registered:
             lines += [

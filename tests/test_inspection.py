@@ -44,7 +44,7 @@ def test_released_1k_layout_is_recognised_instantly_from_the_header(tmp_path):
     assert report.kind == "pixel" and report.layout.exact and report.layout.name == "L2P 1k"
     assert report.dims == {"dim": 3840, "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30, "cap_feat_dim": 2560}
     assert report.hints == ()
-    text = report.format()
+    text = report.summary()
     assert "registered: z_image_l2p_dit" in text and "matches L2P 1k exactly" in text and "6,166,464,515" in text
 
 
@@ -54,7 +54,7 @@ def test_stock_latent_dit_is_recognised_and_sent_to_convert(tmp_path):
     assert [entry["model_name"] for entry in report.registered] == ["z_image_dit"]
     assert report.kind == "latent" and report.layout.name == LATENT_LAYOUT and report.layout.exact
     assert report.num_params == 6_154_908_736
-    assert "convert it to an L2P pixel init with `l2p convert`" in report.format()
+    assert "convert it to an L2P pixel init with `l2p convert`" in report.summary()
 
 
 def test_sharded_tiny_latent_checkpoint(tmp_path):
@@ -93,7 +93,7 @@ def test_near_layout_lists_missing_unexpected_and_mismatched_keys(tmp_path):
     assert layout.shape_mismatches == (("cap_embedder.1.bias", (64,), (128,)),)
     assert report.params_by_dtype["BF16"] == 128
     assert report.registered == ()
-    text = report.format()
+    text = report.summary()
     assert "2 missing, 1 unexpected, 1 shape-mismatched" in text
     assert "cap_embedder.1.bias is [64], expected [128]" in text
 
@@ -114,7 +114,7 @@ def test_unrelated_file_is_unknown(tmp_path):
     report = inspect_checkpoint(path)
     assert report.kind is None and report.layout is None and report.dims is None and report.registered == ()
     assert report.params_by_module == {"encoder": 216, "decoder": 3}
-    assert "not close to any known layout" in report.format()
+    assert "not close to any known layout" in report.summary()
 
 
 def test_cli_inspect_prints_report_and_exits_2_on_bad_files(tmp_path, capsys):

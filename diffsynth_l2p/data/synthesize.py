@@ -503,7 +503,7 @@ class SynthesisSummary:
             self.written + other.written, self.skipped + other.skipped, {**self.failed, **other.failed}
         )
 
-    def __str__(self) -> str:
+    def summary(self) -> str:
         lines = [f"written {self.written}, skipped {self.skipped} (already done), failed {len(self.failed)}"]
         for reason, count in Counter(self.failed.values()).most_common():
             rows = sorted(index for index, why in self.failed.items() if why == reason)

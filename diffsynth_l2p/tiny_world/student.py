@@ -120,7 +120,7 @@ def build_corpus(corpus: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path
     job = SynthesisJob(str(prompt_file), str(corpus), source, settings)
     summary = run_job_in_processes(job, recipe.synthesis_processes)
     if summary.failed:
-        raise RuntimeError(f"Teacher synthesis failed on some rows:\n{summary}")
+        raise RuntimeError(f"Teacher synthesis failed on some rows:\n{summary.summary()}")
     return corpus
 
 
