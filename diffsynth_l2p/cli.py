@@ -533,7 +533,8 @@ def _run_tiny_world_reproduce(args: argparse.Namespace) -> int:
     print(f"Total {summary['total_seconds']:.0f} s; report in {args.out_dir}/report/")
     if args.ship:
         shipped = ship(args.out_dir)
-        print(f"Shipped; quality-gate score {shipped['gate']['score']:.3f}.")
+        gate = shipped["gate"]
+        print(f"Shipped; quality gate: overall {gate['overall']:.3f}, color {gate['color']:.3f}.")
     return 0
 
 

@@ -38,7 +38,7 @@ from .teacher import VAE_DECODER_FILE, VAE_ENCODER_FILE, TeacherRecipe, load_tea
 TIMING_FILE = "timing.json"
 SUMMARY_FILE = "summary.json"
 GRID_PROMPTS_PER_CATEGORY = 3
-GATE_PER_CATEGORY, GATE_SEEDS = 3, (0, 1)
+GATE_PER_CATEGORY, GATE_SEEDS, GATE_METRICS = 3, (0, 1), ("overall", "color")
 
 
 @dataclass(frozen=True)
@@ -223,10 +223,13 @@ def gate_scenes() -> List[Scene]:
     ]
 
 
-def gate_score(pipe: Any, settings: EvalSettings = EvalSettings()) -> float:
-    """ShapeEval overall of ``pipe`` on :func:`gate_scenes` with two seeds: seconds on a CPU, for CI."""
+def gate_scores(pipe: Any, settings: EvalSettings = EvalSettings()) -> Dict[str, float]:
+    """ShapeEval ``overall`` and ``color`` of ``pipe`` on :func:`gate_scenes` with two seeds: seconds on a CPU, for CI.
+
+    Both are gated: ``color`` keeps the gate able to fail when a weak model's ``overall`` is already near zero.
+    """
     report, _ = evaluate_pipeline(pipe, gate_scenes(), GATE_SEEDS, settings.steps, settings.cfg_scale)
-    return report["overall"]
+    return {metric: report[metric] for metric in GATE_METRICS}
 
 
 def _sha256(path: Path) -> str:
@@ -242,7 +245,7 @@ def ship(out_dir: Union[str, os.PathLike], assets_dir: Union[str, os.PathLike] =
 
     The student set goes to ``assets_dir`` and the teacher's own files to ``assets_dir/teacher`` (the text encoder
     and tokenizer are shared), with ``summary.json``: the reproduction's summary, the SHA-256 of every shipped
-    file and the student's quality-gate score.
+    file and the student's quality-gate scores.
     """
     out_dir, assets_dir = Path(out_dir), Path(assets_dir)
     summary = json.loads((out_dir / "report" / "summary.json").read_text(encoding="utf-8"))
@@ -252,7 +255,7 @@ def ship(out_dir: Union[str, os.PathLike], assets_dir: Union[str, os.PathLike] =
     for name in (TEACHER_DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE):
         shutil.copyfile(out_dir / "teacher" / name, staging / "teacher" / name)
     summary["gate"] = {
-        "score": gate_score(load_pipeline(staging), EvalSettings(**summary["recipe"]["evaluation"])),
+        **gate_scores(load_pipeline(staging), EvalSettings(**summary["recipe"]["evaluation"])),
         "prompts": len(gate_scenes()),
         "seeds": list(GATE_SEEDS),
     }
