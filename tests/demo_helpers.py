@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import numpy as np
@@ -97,13 +99,15 @@ class HeldWorkers:
         for worker, pipe in self._workers.items():
             worker.pipe = self._held(worker.name, pipe)
 
-    def _held(self, name: str, pipe: Callable) -> Callable:
-        def held_pipe(**kwargs):
+    def _held(self, name: str, pipe: Any) -> SimpleNamespace:
+        """A stand-in for ``pipe`` whose ``generate_images`` (what a worker calls) waits for ``release``."""
+
+        def generate_images(**kwargs):
             self.started.append((name, kwargs["seed"]))
             assert self._released.wait(TIMEOUT)
-            return pipe(**kwargs)
+            return pipe.generate_images(**kwargs)
 
-        return held_pipe
+        return SimpleNamespace(generate_images=generate_images)
 
     def release(self) -> None:
         self._released.set()

@@ -199,9 +199,9 @@ CASES: Dict[str, Case] = {
     "train with a truncated DiT in the model folder": Case(
         lambda i: _train(i, "--model", i.model("l2p-dit.safetensors"), dataset=i.dataset()), "corrupt or truncated"),
     "inspect overlapping byte ranges": Case(
-        lambda i: ["inspect", i.header("x.safetensors", OVERLAP, 12)], "'a' and 'b' overlap"),
+        lambda i: ["inspect", i.header("x.safetensors", OVERLAP, 12)], "invalid offset for tensor .b."),
     "inspect a deeply nested header": Case(
-        lambda i: ["inspect", i.header("x.safetensors", NESTED, 0)], "nested too deeply"),
+        lambda i: ["inspect", i.header("x.safetensors", NESTED, 0)], "corrupt or truncated.*(recursion|nest|depth)"),
     "merge a truncated checkpoint": Case(
         lambda i: ["merge", "--file_a", os.path.join(i.model("l2p-dit.safetensors"), "l2p-dit.safetensors"),
                    "--file_b", i.tiny["dit"], "--file_out", i.path("m.safetensors")],

@@ -5,6 +5,7 @@ import logging
 import math
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ def test_a_failing_device_fails_its_own_requests_and_the_server_serves_on(live_s
     def device_lost(**kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(live_server.pool.workers[1], "pipe", device_lost)
+    monkeypatch.setattr(live_server.pool.workers[1], "pipe", SimpleNamespace(generate_images=device_lost))
     outcomes = collections.Counter()
     for seed in range(4):  # one at a time: the pool lends the first idle worker, so the two alternate
         try:

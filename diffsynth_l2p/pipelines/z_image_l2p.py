@@ -5,6 +5,7 @@ Prompt encoding, shape checking, the scheduler, CFG and the Euler step are DiffS
 """
 
 import copy
+import functools
 import math
 import os
 import warnings
@@ -214,11 +215,6 @@ class ZImageL2PPipeline(BasePipeline):
             if getattr(model, "vram_management_enabled", False):
                 _set_onloaded(model, name in model_names)
 
-    def __call__(self, prompt: str, *args: Any, **kwargs: Any) -> Union[Image.Image, List[Image.Image]]:
-        """:meth:`generate_images` with the release's return: one PIL image, or the list when ``num_images > 1``."""
-        images = self.generate_images(prompt, *args, **kwargs)
-        return images[0] if len(images) == 1 else images
-
     @torch.no_grad()
     def generate_images(
         self,
@@ -301,6 +297,12 @@ class ZImageL2PPipeline(BasePipeline):
 
         # The "latents" are pixels in [-1, 1]: no decoder.
         return [self.vae_output_to_image(sample.float(), pattern="C H W") for sample in inputs_shared["latents"]]
+
+    @functools.wraps(generate_images, assigned=(), updated=())  # its signature (defaults) via __wrapped__
+    def __call__(self, prompt: str, *args: Any, **kwargs: Any) -> Union[Image.Image, List[Image.Image]]:
+        """:meth:`generate_images` with the release's return: one PIL image, or the list when ``num_images > 1``."""
+        images = self.generate_images(prompt, *args, **kwargs)
+        return images[0] if len(images) == 1 else images
 
 
 class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
