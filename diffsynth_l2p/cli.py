@@ -229,7 +229,8 @@ def _add_synthesize(sub) -> None:
             "through `accelerate launch` (one GPU each with --device cuda); worker R of W takes rows i % W == R, "
             "writes OUTPUT_DIR/shards/rank-R.csv, and the main worker merges the shards at the end. For several "
             "machines run `accelerate launch --num_machines M --machine_rank R ... -m diffsynth_l2p.cli synthesize` "
-            "(or torchrun) yourself, with OUTPUT_DIR on shared storage."
+            "(or torchrun) yourself, without --num_processes and with OUTPUT_DIR on shared storage (or copy the "
+            "shards together and run --merge-only)."
         ),
     )
     parser.add_argument("--prompts", metavar="FILE", help=".txt (a prompt per line) or .jsonl (prompt, category)")

@@ -609,11 +609,10 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _settle_worker(num_processes: int) -> None:
-    """One of several workers: die with the launcher and use this machine's share of the cores (torchrun gives 1)."""
+def _use_core_share(num_processes: int) -> None:
+    """Give torch this worker's share of the machine's cores (torchrun sets 1 thread per worker)."""
     import torch
 
-    die_with_parent(os.getppid())
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
 
@@ -633,9 +632,11 @@ def run_job(job: SynthesisJob) -> Optional[SynthesisSummary]:
     # gets the state a later Accelerator() in it would make. The process group only serves the final gather; on a
     # resume ranks may have very different amounts of work left, so no 30-minute default timeout.
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched() and not job.source.device.startswith("cuda"))
+    if launched():
+        die_with_parent(os.getppid())  # before the rendezvous: no orphan waits for the others or keeps writing
     state = PartialState(cpu=cpu, timeout=WORKER_TIMEOUT)
     if state.num_processes > 1:
-        _settle_worker(state.num_processes)
+        _use_core_share(state.num_processes)
     source = job.source
     if source.device == "cuda" and state.device.type == "cuda":
         source = replace(source, device=str(state.device))
@@ -706,8 +707,8 @@ def launch_job(job: SynthesisJob, num_processes: int = 1) -> int:
     """Synthesize ``job`` with ``num_processes`` workers on this machine; the main one prints the summary.
 
     One worker runs in this process, as does a process a launcher started; several are started through
-    ``accelerate launch`` (see ``run_job``). Returns the exit status: 0 all rows done, 1 some rows failed, other
-    values when a worker stopped with an error (which it printed).
+    ``accelerate launch`` (see ``run_job``). Returns the exit status: 0 when every row is done, non-zero when rows
+    failed (1) or a launched worker stopped with an error; the summary or the error is printed.
     """
     import torch
 
