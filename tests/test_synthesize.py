@@ -376,6 +376,8 @@ def test_killed_l2p_leaves_no_worker_and_the_rerun_finishes_the_same_corpus(tmp_
     _assert_complete(out, [f"{PROMPTS[i % len(PROMPTS)]} number {i}" for i in range(count)])
     _run_l2p(_args(str(prompts), reference, source_dir, "--steps", "6"), OMP_NUM_THREADS=WORKER_THREADS)
     _assert_same_corpus(reference, out)
+
+
 def test_explicit_ranks_resume_into_one_corpus(tmp_path, source_dir, source_pipe):
     records = [{"prompt": prompt} for prompt in PROMPTS[:5]]
     settings = SynthesisSettings(height=SIZE, width=SIZE, num_inference_steps=STEPS, base_seed=100)
