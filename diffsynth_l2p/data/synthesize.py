@@ -682,19 +682,13 @@ def job_arguments(job: SynthesisJob) -> List[str]:
     return arguments
 
 
-def _free_port() -> int:
-    """A TCP port free at this moment, for the workers' rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
-
-
 def _launch_workers(job: SynthesisJob, num_processes: int) -> int:
     """``accelerate launch`` of ``num_processes`` ``l2p synthesize`` workers in a child that dies with this process."""
+    # --main_process_port 0: accelerate picks a free port for the rendezvous.
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--quiet",
-        "--main_process_port", str(_free_port()), "-m", "diffsynth_l2p.cli", "synthesize", *job_arguments(job),
+        "--main_process_port", "0", "-m", "diffsynth_l2p.cli", "synthesize", *job_arguments(job),
     ]  # fmt: skip
     env = dict(os.environ)
     if not job.source.device.startswith("cuda"):
