@@ -693,6 +693,7 @@ def _launch_workers(job: SynthesisJob, num_processes: int) -> int:
     env = dict(os.environ)
     if not job.source.device.startswith("cuda"):
         env["ACCELERATE_USE_CPU"] = "true"  # gloo workers on the CPU (accelerate's --cpu alone starts one process)
+    sys.stdout.flush()  # what this process printed comes before the workers' output
     process = subprocess.run(command, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid()))
     return process.returncode if process.returncode >= 0 else 128 - process.returncode
 
