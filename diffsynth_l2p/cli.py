@@ -5,9 +5,12 @@ import os
 import signal
 import sys
 import threading
-from typing import List, NoReturn, Optional
+from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 from .validation import check_device, check_output_dir, check_output_file, float_option, int_option, seed_option
+
+if TYPE_CHECKING:
+    from .data.synthesize import SynthesisJob
 
 # Errors whose message is written for the user; any other exception type is named in the one-line report too.
 _EXPECTED_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
@@ -222,8 +225,12 @@ def _add_synthesize(sub) -> None:
             "Generate one image per prompt with the source latent pipeline (default: DiffSynth's ZImagePipeline with "
             "Z-Image-Turbo) into OUTPUT_DIR/images/NNNNNN.png and OUTPUT_DIR/metadata.csv (image,prompt,seed"
             "[,category]); row i uses seed --seed + i, so every image can be regenerated bit-identically. Crash-safe "
-            "and resumable: rerun the same command to continue. --num_processes N (or accelerate launch / torchrun) "
-            "splits the rows over N workers, each writing OUTPUT_DIR/shards/rank-R.csv, merged at the end."
+            "and resumable: rerun the same command to continue. --num_processes N starts N workers on this machine "
+            "through `accelerate launch` (one GPU each with --device cuda); worker R of W takes rows i % W == R, "
+            "writes OUTPUT_DIR/shards/rank-R.csv, and the main worker merges the shards at the end. For several "
+            "machines run `accelerate launch --num_machines M --machine_rank R ... -m diffsynth_l2p.cli synthesize` "
+            "(or torchrun) yourself, without --num_processes and with OUTPUT_DIR on shared storage (or copy the "
+            "shards together and run --merge-only)."
         ),
     )
     parser.add_argument("--prompts", metavar="FILE", help=".txt (a prompt per line) or .jsonl (prompt, category)")
@@ -258,50 +265,24 @@ def _add_synthesize(sub) -> None:
         "--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16", help="model dtype (bfloat16)"
     )
     parser.add_argument(
-        "--num_processes", "--num-processes", type=int_option(1), default=1, help="worker processes (default: 1)"
-    )
-    parser.add_argument(
-        "--rank", type=int_option(0), default=None,
-        help="run only this worker's rows (i %% world_size == rank), e.g. one per machine; then --merge-only",
-    )
-    parser.add_argument(
-        "--world_size", "--world-size", type=int_option(1), default=None, help="number of workers with --rank"
+        "--num_processes", "--num-processes", type=int_option(1), default=1,
+        help="worker processes on this machine, started with `accelerate launch` (default: 1)",
     )
     parser.add_argument(
         "--merge-only", "--merge_only", action="store_true",
-        help="only merge OUTPUT_DIR/shards/*.csv into OUTPUT_DIR/metadata.csv",
+        help="only rebuild OUTPUT_DIR/metadata.csv from OUTPUT_DIR/shards/*.csv (e.g. after copying shards together)",
     )
     parser.set_defaults(func=_run_synthesize)
 
 
-def _run_synthesize(args: argparse.Namespace) -> int:
-    import contextlib
+def _synthesis_job(args: argparse.Namespace) -> "SynthesisJob":
+    """The ``SynthesisJob`` that ``l2p synthesize``'s options describe."""
+    from .data.synthesize import DEFAULT_PIPELINE_CLASS, SourceSpec, SynthesisJob, SynthesisSettings
 
-    from .data.synthesize import (
-        DEFAULT_PIPELINE_CLASS,
-        SourceSpec,
-        SynthesisJob,
-        SynthesisSettings,
-        launcher_rank,
-        merge_shards,
-        run_job,
-        run_job_distributed,
-        run_job_in_processes,
-    )
-
-    if args.merge_only:
-        print(f"metadata.csv: {merge_shards(args.output_dir)} rows")
-        return 0
     if not args.prompts:
         raise ValueError("--prompts is required (unless --merge-only)")
     if args.source_factory and args.pipeline_class:
         raise ValueError("give either --source_factory or --pipeline_class, not both")
-    if (args.rank is None) != (args.world_size is None):
-        raise ValueError("--rank and --world_size go together")
-    if args.rank is not None and args.num_processes != 1:
-        raise ValueError("--rank runs one worker; drop --num_processes (or drop --rank to let it start them)")
-    if args.rank is not None and args.rank >= args.world_size:
-        raise ValueError(f"--rank must be below --world_size ({args.world_size}), got {args.rank}.")
     source = SourceSpec(
         source_model=tuple(args.source_model),
         pipeline_class=args.pipeline_class or DEFAULT_PIPELINE_CLASS,
@@ -315,22 +296,16 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg_scale, sigma_shift=args.sigma_shift, negative_prompt=args.negative_prompt,
         base_seed=args.seed,
     )
-    job = SynthesisJob(args.prompts, args.output_dir, source, settings)
-    # DiffSynth's loader reports on stdout; keep stdout for the summary.
-    with contextlib.redirect_stdout(sys.stderr):
-        if args.rank is not None:
-            summary = run_job(job, args.rank, args.world_size)
-            note = f"when all {args.world_size} workers are done: l2p synthesize --merge-only --output_dir DIR"
-        elif launcher_rank():  # torchrun / accelerate launch
-            rank, world_size, local_rank = launcher_rank()
-            summary = run_job_distributed(job, rank, world_size, local_rank)
-            note = f"rank {rank} of {world_size}" + (f"; wrote {args.output_dir}/metadata.csv" if rank == 0 else "")
-        else:
-            summary = run_job_in_processes(job, args.num_processes)
-            note = f"metadata.csv written to {args.output_dir}"
-    print(summary.summary())
-    print(note)
-    return 1 if summary.failed else 0
+    return SynthesisJob(args.prompts, args.output_dir, source, settings)
+
+
+def _run_synthesize(args: argparse.Namespace) -> int:
+    from .data.synthesize import launch_job, merge_shards
+
+    if args.merge_only:
+        print(f"metadata.csv: {merge_shards(args.output_dir)} rows")
+        return 0
+    return launch_job(_synthesis_job(args), args.num_processes)
 
 
 def _add_prompts(sub) -> None:

@@ -268,8 +268,9 @@ CASES: Dict[str, Case] = {
         lambda i: _train(i, "--model_paths", '{"dit": "x"}', dataset=i.dataset()), "must be a JSON list of paths"),
     "train --resume a missing state": Case(
         lambda i: _train(i, "--resume", i.path("state/step-9"), dataset=i.dataset()), "No training state at"),
-    "synthesize --rank past --world_size": Case(
-        lambda i: _synthesize(i, "--rank", "2", "--world_size", "2"), "--rank must be below --world_size"),
+    "synthesize --num_processes inside a launcher": Case(
+        lambda i: (i.monkeypatch.setenv("WORLD_SIZE", "2"), _synthesize(i, "--num_processes", "2"))[1],
+        r"inside a launcher that already started 2 workers; drop --num_processes"),
     "convert --config bogus": Case(
         lambda i: ["convert", "--latent_ckpt_files", *save_sharded(tiny_latent_state_dict(), i.root, shards=1),
                    "--output_path", i.path("o.safetensors"), "--config", "bogus"], "Unknown L2P config 'bogus'"),

@@ -260,59 +260,122 @@ def test_torn_last_line_is_dropped_and_rows_are_rewritten(tmp_path, source_dir, 
     assert shard.read_text().count("\n") == 4 and shard.read_text().endswith("\n")
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch + DiffSynth: 10-30 s on a loaded 2-core machine
-def test_two_processes_write_disjoint_shards_that_merge(tmp_path, source_dir, capsys):
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:3])
-    out = tmp_path / "corpus"
-    assert cli.main(_args(prompts, out, source_dir, "--num_processes", "2")) == 0
-    assert "written 3, skipped 0" in capsys.readouterr().out
-    shards = [{row.index for row in read_finished_rows(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
-    assert shards == [{0, 2}, {1}]
-    rows = _assert_complete(out, PROMPTS[:3])
-    assert list(rows[0]) == ["image", "prompt", "seed"]
+def test_launched_workers_parse_back_the_same_job():
+    from diffsynth_l2p.data.synthesize import SynthesisJob, job_arguments
+
+    source = SourceSpec(("a dir", "b.safetensors"), factory=FACTORY, tokenizer="tok", torch_dtype="float32")
+    settings = SynthesisSettings(64, 32, 3, cfg_scale=0.1 + 0.2, sigma_shift=3.0, negative_prompt="-dull", base_seed=7)
+    jobs = [
+        SynthesisJob("p.jsonl", "-out dir", source, settings),
+        SynthesisJob("p.txt", "out", SourceSpec(pipeline_class="module.Pipeline")),
+    ]
+    for job in jobs:
+        args = cli.build_parser().parse_args(["synthesize", *job_arguments(job)])
+        assert cli._synthesis_job(args) == job and args.num_processes == 1
+    with pytest.raises(ValueError, match="rand_device='cuda' has no `l2p synthesize` option"):
+        job_arguments(SynthesisJob("p.txt", "out", settings=SynthesisSettings(rand_device="cuda")))
+
+
+# A single process with the thread count each of two workers gets: CPU kernels may round differently with other
+# thread counts, and the corpora are compared byte for byte.
+WORKER_THREADS = str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def _l2p_env(**extra: str) -> dict:
+    """The environment of an ``l2p`` child: this folder importable (the tiny source factory), plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def _run_l2p(args: list, **env: str) -> subprocess.CompletedProcess:
+    """``python -m diffsynth_l2p.cli ARGS`` as a user runs it; it must succeed."""
+    command = [sys.executable, "-m", "diffsynth_l2p.cli", *args]
+    result = subprocess.run(command, env=_l2p_env(**env), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _assert_same_corpus(expected: Path, actual: Path) -> None:
+    """The same ``metadata.csv`` and the same image files, byte for byte."""
+    assert (actual / "metadata.csv").read_bytes() == (expected / "metadata.csv").read_bytes()
+    names = sorted(os.listdir(expected / "images"))
+    assert sorted(os.listdir(actual / "images")) == names
+    for name in names:
+        assert (actual / "images" / name).read_bytes() == (expected / "images" / name).read_bytes(), name
+
+
+@pytest.mark.slow  # an accelerate launcher and two workers, each importing torch + DiffSynth: minutes on 2 busy cores
+def test_two_processes_make_the_same_corpus_as_one(tmp_path, source_dir):
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:5], categories=["shapes/one", "shapes/two"])
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run_l2p(_args(prompts, one, source_dir), OMP_NUM_THREADS=WORKER_THREADS)
+    _assert_complete(one, PROMPTS[:5])
+
+    result = _run_l2p(_args(prompts, two, source_dir, "--num_processes", "2"))
+    assert result.stdout.count("written 5, skipped 0 (already done), failed 0") == 1  # the main worker's summary
+    shards = [{row.index for row in read_finished_rows(str(two / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
+    assert shards == [{0, 2, 4}, {1, 3}]
+    _assert_same_corpus(one, two)
 
     # The merge step alone rebuilds the same metadata.csv from the shards.
-    before = (out / "metadata.csv").read_bytes()
-    (out / "metadata.csv").unlink()
-    assert cli.main(["synthesize", "--merge-only", "--output_dir", str(out)]) == 0
-    assert (out / "metadata.csv").read_bytes() == before
+    (two / "metadata.csv").unlink()
+    assert cli.main(["synthesize", "--merge-only", "--output_dir", str(two)]) == 0
+    _assert_same_corpus(one, two)
 
 
-@pytest.mark.slow  # two fresh interpreters, as above
-def test_workers_die_with_their_parent(tmp_path, source_dir):
+def _running(processes: list) -> list:
+    """The processes of ``processes`` still running (zombies waiting for their reaper are not)."""
     import psutil
 
+    running = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+@pytest.mark.slow  # three runs of launcher + workers, as above
+def test_killed_l2p_leaves_no_worker_and_the_rerun_finishes_the_same_corpus(tmp_path, source_dir):
+    import psutil
+
+    count = 12
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"{PROMPTS[i % len(PROMPTS)]} number {i}\n" for i in range(200)))
-    out = tmp_path / "corpus"
-    args = _args(str(prompts), out, source_dir, "--num_processes", "2")
-    args[args.index("--steps") + 1] = "50"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "diffsynth_l2p.cli", *args], env=env, stderr=subprocess.PIPE)
+    prompts.write_text("".join(f"{PROMPTS[i % len(PROMPTS)]} number {i}\n" for i in range(count)))
+    out, reference = tmp_path / "corpus", tmp_path / "reference"
+    args = _args(str(prompts), out, source_dir, "--steps", "6", "--num_processes", "2")  # slow enough to be killed
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe nobody reads while the workers log
+        process = subprocess.Popen(
+            [sys.executable, "-m", "diffsynth_l2p.cli", *args], env=_l2p_env(), stdout=subprocess.DEVNULL, stderr=stderr
+        )
     shards = [out / "shards" / f"rank-{rank}.csv" for rank in (0, 1)]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None and not all(shard.exists() for shard in shards):
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if all(shard.exists() and read_finished_rows(str(shard)) for shard in shards):
+            break
         time.sleep(0.05)
-    assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-    workers = [child for child in psutil.Process(process.pid).children() if "spawn_main" in " ".join(child.cmdline())]
-    assert len(workers) == 2
-    process.kill()
+    assert process.poll() is None, log.read_text()[-3000:]
+    tree = psutil.Process(process.pid).children(recursive=True)
+    launchers = [child for child in tree if "accelerate.commands.launch" in child.cmdline()]
+    workers = [child for child in tree if child not in launchers and "diffsynth_l2p.cli" in child.cmdline()]
+    assert (len(launchers), len(workers)) == (1, 2), [child.cmdline() for child in tree]
+
+    process.kill()  # SIGKILL: the top process cannot clean up; its children must notice on their own
     process.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=30)
-    assert not [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE]
+    psutil.wait_procs(tree, timeout=90)
+    assert not _running(tree), [child.cmdline() for child in _running(tree)]
+    done = sum(len(read_finished_rows(str(shard))) for shard in shards)
+    assert 2 <= done < count
+    assert not (out / "metadata.csv").exists()
 
-
-@pytest.mark.slow
-def test_torchrun_workers_shard_and_merge(tmp_path, source_dir):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS[:5]) + "\n")
-    out = tmp_path / "corpus"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffsynth_l2p.cli"]
-    subprocess.run([*command, *_args(str(prompts), out, source_dir)], env=env, check=True, capture_output=True)
-    shards = [{row.index for row in read_finished_rows(str(out / "shards" / f"rank-{r}.csv"))} for r in (0, 1)]
-    assert shards == [{0, 2, 4}, {1, 3}]
-    _assert_complete(out, PROMPTS[:5])
+    result = _run_l2p(args)  # the same command continues
+    assert f"written {count - done}, skipped {done} (already done), failed 0" in result.stdout
+    assert not [name for name in os.listdir(out / "images") if name.startswith(".")]
+    _assert_complete(out, [f"{PROMPTS[i % len(PROMPTS)]} number {i}" for i in range(count)])
+    _run_l2p(_args(str(prompts), reference, source_dir, "--steps", "6"), OMP_NUM_THREADS=WORKER_THREADS)
+    _assert_same_corpus(reference, out)
 
 
 def test_explicit_ranks_resume_into_one_corpus(tmp_path, source_dir, source_pipe):

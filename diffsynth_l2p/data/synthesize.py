@@ -6,12 +6,16 @@ L2P trains only on images its source latent model generates itself. Row ``i`` of
 Crash safety: an image is written to a temporary file, fsynced and renamed into place; only then is its row
 appended (flushed and fsynced) to the worker's shard ``shards/rank-{r}.csv``. A kill loses at most the image in
 flight, a torn last line is dropped on the next start, and rerunning the same command skips finished rows.
-Worker ``r`` of ``w`` takes the rows ``i % w == r``; ``merge_shards`` unions the shards into ``metadata.csv``.
+Parallel runs go through accelerate: ``run_job`` is one worker, alone or one of those ``accelerate launch`` (or
+``torchrun``) started; worker ``r`` of ``w`` takes the rows ``i % w == r`` and at the end the main worker's
+``merge_shards`` unions the shards into ``metadata.csv``. ``launch_job`` runs one worker in-process or starts several
+with ``accelerate launch``.
 """
 
 import contextlib
 import csv
 import ctypes
+import functools
 import glob
 import importlib
 import inspect
@@ -21,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import urllib.parse
@@ -59,6 +64,7 @@ COLUMNS = ("image", "prompt", "seed")
 CATEGORY_COLUMN = "category"
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _IMAGE_NAME = re.compile(r"^images/(\d{6,})\.png$")
+WORKER_TIMEOUT = timedelta(days=7)  # how long a finished worker waits for the others
 
 
 # --- rows ------------------------------------------------------------------------------------------------------
@@ -478,14 +484,6 @@ class SourceSpec:
         check_latent_pipeline(pipe)
         return pipe
 
-    def for_rank(self, rank: int) -> "SourceSpec":
-        """This spec with ``cuda`` pinned to ``cuda:{rank % device_count}`` for worker ``rank``."""
-        import torch
-
-        if self.device == "cuda" and torch.cuda.device_count() > 1:
-            return replace(self, device=f"cuda:{rank % torch.cuda.device_count()}")
-        return self
-
 
 # --- synthesis -------------------------------------------------------------------------------------------------
 
@@ -593,17 +591,15 @@ class SynthesisJob:
         return records
 
 
-def run_job(job: SynthesisJob, rank: int = 0, world_size: int = 1) -> SynthesisSummary:
-    """Validate the inputs, load the source pipeline for ``rank`` and synthesize that worker's rows."""
-    records = job.validate()
-    pipe = job.source.for_rank(rank).load()
-    return synthesize(pipe, records, job.output_dir, job.settings, rank, world_size)
+def launched() -> bool:
+    """Whether a launcher (``accelerate launch``, ``torchrun``) started this process as one of several workers."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Make this worker receive SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``), so no orphan keeps writing.
+    """Make this process receive SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``), so no orphan keeps writing.
 
-    Elsewhere only a parent already gone at start is noticed. A worker whose parent died before the call exits.
+    Elsewhere only a parent already gone at start is noticed. A process whose parent died before the call exits.
     """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -613,55 +609,123 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _start_worker(parent_pid: int, threads: int) -> None:
-    """A synthesis worker: dies with its parent and uses its share of the cores (oversubscribed torch threads spin)."""
+def _use_core_share(num_processes: int) -> None:
+    """Give torch this worker's share of the machine's cores (torchrun sets 1 thread per worker)."""
     import torch
 
-    die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
 
 
-def run_job_in_processes(job: SynthesisJob, num_processes: int) -> SynthesisSummary:
-    """Run ``num_processes`` spawned workers on disjoint shards of the job, then merge their shards."""
-    import multiprocessing
+def run_job(job: SynthesisJob) -> Optional[SynthesisSummary]:
+    """This process's rows of ``job``, as one of the workers a launcher started or alone without one.
+
+    Worker ``r`` of ``w`` (accelerate's ``process_index`` and ``num_processes``) takes rows ``i % w == r``; a ``cuda``
+    source gets one GPU per worker. At the end the main process merges the shards into ``metadata.csv`` and returns
+    the summary of all workers; the others return ``None``.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object, parse_flag_from_env
+
+    records = job.validate()
+    # Launched workers of a CPU source talk over gloo, those of a cuda one get a GPU each (NCCL); a process on its own
+    # gets the state a later Accelerator() in it would make. The process group only serves the final gather; on a
+    # resume ranks may have very different amounts of work left, so no 30-minute default timeout.
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched() and not job.source.device.startswith("cuda"))
+    if launched():
+        die_with_parent(os.getppid())  # before the rendezvous: no orphan waits for the others or keeps writing
+    state = PartialState(cpu=cpu, timeout=WORKER_TIMEOUT)
+    if state.num_processes > 1:
+        _use_core_share(state.num_processes)
+    source = job.source
+    if source.device == "cuda" and state.device.type == "cuda":
+        source = replace(source, device=str(state.device))
+    pipe = source.load()
+    summary = synthesize(pipe, records, job.output_dir, job.settings, state.process_index, state.num_processes)
+    parts = gather_object([summary])  # every shard is complete once all workers are here
+    if state.is_main_process:
+        merge_shards(job.output_dir)
+    state.wait_for_everyone()  # no worker exits (which a launcher may take as the end) before the merge is written
+    return sum(parts, SynthesisSummary()) if state.is_main_process else None
+
+
+def job_arguments(job: SynthesisJob) -> List[str]:
+    """The ``l2p synthesize`` options that describe ``job``: what each launched worker parses back into it."""
+    source, settings = job.source, job.settings
+    if settings.rand_device != SynthesisSettings.rand_device:
+        raise ValueError(
+            f"rand_device={settings.rand_device!r} has no `l2p synthesize` option; launch several workers only with "
+            f"the default {SynthesisSettings.rand_device!r}, or run one (num_processes=1)."
+        )
+    arguments = [f"--prompts={job.prompt_file}", f"--output_dir={job.output_dir}"]
+    if source.source_model:
+        arguments += ["--source_model", *source.source_model]
+    if source.factory:
+        arguments.append(f"--source_factory={source.factory}")
+    else:
+        arguments.append(f"--pipeline_class={source.pipeline_class}")
+    if source.tokenizer:
+        arguments.append(f"--tokenizer={source.tokenizer}")
+    arguments += [
+        f"--device={source.device}",
+        f"--dtype={source.torch_dtype}",
+        f"--height={settings.height}",
+        f"--width={settings.width}",
+        f"--num_inference_steps={settings.num_inference_steps}",
+        f"--cfg_scale={float(settings.cfg_scale)!r}",
+        f"--seed={settings.base_seed}",
+    ]
+    if settings.sigma_shift is not None:
+        arguments.append(f"--sigma_shift={float(settings.sigma_shift)!r}")
+    if settings.negative_prompt:
+        arguments.append(f"--negative_prompt={settings.negative_prompt}")
+    return arguments
+
+
+def _launch_workers(job: SynthesisJob, num_processes: int) -> int:
+    """``accelerate launch`` of ``num_processes`` ``l2p synthesize`` workers in a child that dies with this process."""
+    # --main_process_port 0: accelerate picks a free port for the rendezvous.
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--quiet",
+        "--main_process_port", "0", "-m", "diffsynth_l2p.cli", "synthesize", *job_arguments(job),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if not job.source.device.startswith("cuda"):
+        env["ACCELERATE_USE_CPU"] = "true"  # gloo workers on the CPU (accelerate's --cpu alone starts one process)
+    sys.stdout.flush()  # what this process printed comes before the workers' output
+    process = subprocess.run(command, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    return process.returncode if process.returncode >= 0 else 128 - process.returncode
+
+
+def launch_job(job: SynthesisJob, num_processes: int = 1) -> int:
+    """Synthesize ``job`` with ``num_processes`` workers on this machine; the main one prints the summary.
+
+    One worker runs in this process, as does a process a launcher started; several are started through
+    ``accelerate launch`` (see ``run_job``). Returns the exit status: 0 when every row is done, non-zero when rows
+    failed (1) or a launched worker stopped with an error; the summary or the error is printed.
+    """
+    import torch
 
     if num_processes < 1:
         raise ValueError(f"num_processes must be at least 1, got {num_processes}")
-    job.validate()
-    if num_processes == 1:
+    if num_processes > 1:
+        if launched():
+            raise ValueError(
+                f"--num_processes {num_processes} inside a launcher that already started {os.environ['WORLD_SIZE']} "
+                "workers; drop --num_processes (the launcher's --num_processes / --nproc_per_node sets them)."
+            )
+        if job.source.device == "cuda" and num_processes > torch.cuda.device_count():
+            raise ValueError(
+                f"--num_processes {num_processes} with --device cuda needs a GPU per worker, but "
+                f"{torch.cuda.device_count()} are visible; lower --num_processes."
+            )
+        job.validate()
+        return _launch_workers(job, num_processes)
+    with contextlib.redirect_stdout(sys.stderr):  # DiffSynth's loader reports on stdout; keep it for the summary
         summary = run_job(job)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // num_processes)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(num_processes, initializer=_start_worker, initargs=(os.getpid(), threads)) as pool:
-            parts = pool.starmap(run_job, [(job, rank, num_processes) for rank in range(num_processes)])
-        summary = sum(parts, SynthesisSummary())
-    merge_shards(job.output_dir)
-    return summary
-
-
-def launcher_rank() -> Optional[Tuple[int, int, int]]:
-    """``(rank, world_size, local_rank)`` when started by ``torchrun``/``accelerate launch`` with several processes."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return None
-    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def run_job_distributed(job: SynthesisJob, rank: int, world_size: int, local_rank: int) -> SynthesisSummary:
-    """One launcher process: its shard (on ``cuda:{local_rank}`` for ``cuda``), a barrier, then rank 0 merges."""
-    import torch.distributed as dist
-
-    if job.source.device == "cuda":
-        job = replace(job, source=replace(job.source, device=f"cuda:{local_rank}"))
-    # Only for the final barrier; the workers share nothing else. On a resume ranks may have very different amounts
-    # of work left, so the first to finish may wait for hours: no 30-minute default timeout.
-    dist.init_process_group("gloo", timeout=timedelta(days=7))
-    try:
-        summary = run_job(job, rank, world_size)
-        dist.barrier()
-        if rank == 0:
-            merge_shards(job.output_dir)
-    finally:
-        dist.destroy_process_group()
-    return summary
+    if summary is None:
+        return 0
+    print(summary.summary())
+    print(f"metadata.csv written to {job.output_dir}")
+    return 1 if summary.failed else 0

@@ -29,10 +29,10 @@ from ..data.synthesize import (
     SourceSpec,
     SynthesisJob,
     SynthesisSettings,
+    launch_job,
     merge_shards,
     metadata_columns,
     plan_rows,
-    run_job_in_processes,
     shard_path,
 )
 from ..merge import merge_checkpoints
@@ -118,9 +118,12 @@ def build_corpus(corpus: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path
     )
     source = SourceSpec(source_model=(str(teacher_dir),), factory=TEACHER_FACTORY)
     job = SynthesisJob(str(prompt_file), str(corpus), source, settings)
-    summary = run_job_in_processes(job, recipe.synthesis_processes)
-    if summary.failed:
-        raise RuntimeError(f"Teacher synthesis failed on some rows:\n{summary.summary()}")
+    status = launch_job(job, recipe.synthesis_processes)
+    if status:
+        raise RuntimeError(
+            f"Teacher synthesis into {corpus} did not finish (exit status {status}; its summary or error is printed "
+            "above); rerun to retry the missing rows."
+        )
     return corpus
 
 
