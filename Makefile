@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py
+	$(BIN)/python bench/flops.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

@@ -27,7 +27,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "gradio_client", "playwright"],
+        "test": ["pytest", "ruff", "gradio_client", "playwright", "matplotlib"],  # matplotlib: bench/flops.png
         "deepspeed": ["deepspeed"],  # train_run.sh / train_run_low_VRAM.sh (ZeRO-2, CPU optimizer offload)
     },
     entry_points={"console_scripts": ["l2p = diffsynth_l2p.cli:main"]},
