@@ -17,11 +17,9 @@ import argparse
 import json
 import time
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
-from unittest import mock
 
 import torch
 from diffsynth.models.flux_vae import FluxVAEDecoder
@@ -75,20 +73,11 @@ class _UncountedOps(TorchDispatchMode):
         return out
 
 
-def _one_sequence_mask(mask: torch.Tensor) -> None:
-    """Batch 1 is one sequence with nothing masked; meta tensors cannot answer ``mask.all()`` themselves."""
-    assert mask.shape[0] == 1, "the meta-device count assumes batch 1"
-
-
 def count_flops(fn: Callable[[], object]) -> Count:
     """FLOPs of ``fn()`` under FlopCounterMode (no grad), per module, plus the non-view ops it did not count."""
     counter = FlopCounterMode(display=False, depth=None)
     uncounted = _UncountedOps(counter.flop_registry)
-    with ExitStack() as stack:
-        stack.enter_context(mock.patch("diffsynth_l2p.models.backbone._key_padding_mask", _one_sequence_mask))
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(counter)
-        stack.enter_context(uncounted)
+    with torch.no_grad(), counter, uncounted:
         fn()
     by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items() if name != "Global"}
     return Count(counter.get_total_flops(), by_module, dict(uncounted.elements))

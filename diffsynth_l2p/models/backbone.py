@@ -13,8 +13,12 @@ from diffsynth.models.z_image_dit import ZImageDiT
 
 
 def _key_padding_mask(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """[B, S] validity mask -> SDPA mask [B, 1, 1, S], or None when nothing is masked."""
-    if bool(mask.all()):
+    """[B, S] validity mask -> SDPA mask [B, 1, 1, S], or None when nothing is masked.
+
+    A single sequence is never padded against another, so batch 1 needs no look at the values (no device sync,
+    and meta tensors work).
+    """
+    if mask.shape[0] == 1 or bool(mask.all()):
         return None
     return mask[:, None, None, :]
 

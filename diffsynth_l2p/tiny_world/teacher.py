@@ -356,10 +356,9 @@ def train_dit(
 def teacher_pipeline(
     dit: ZImageDiT, text_encoder: torch.nn.Module, tokenizer: Any, vae_decoder: torch.nn.Module
 ) -> ZImagePipeline:
-    """The stock pipeline around in-memory teacher parts (bf16, as :func:`load_teacher` loads the files)."""
+    """The stock pipeline around in-memory bf16 teacher parts (as :func:`load_teacher` loads the files)."""
     pipe = ZImagePipeline(device="cpu", torch_dtype=torch.bfloat16)
-    pipe.dit, pipe.text_encoder, pipe.tokenizer = dit, text_encoder, tokenizer
-    pipe.vae_decoder = vae_decoder.to(torch.bfloat16)
+    pipe.dit, pipe.text_encoder, pipe.tokenizer, pipe.vae_decoder = dit, text_encoder, tokenizer, vae_decoder
     return pipe
 
 
@@ -410,8 +409,10 @@ def train_teacher(
         latents = torch.cat([encoder(chunk) for chunk in images_to_tensor(list(images)).split(512)])
     text_encoder, tokenizer = load_text_parts(text_dir)
 
+    bf16_decoder = decoder.to(torch.bfloat16)
+
     def probe(dit: ZImageDiT, text: torch.nn.Module) -> Dict[str, float]:
-        return score(teacher_pipeline(dit, text, tokenizer, decoder))
+        return score(teacher_pipeline(dit, text, tokenizer, bf16_decoder))
 
     dit, text_encoder, dit_losses, curve = train_dit(
         latents, list(captions), text_encoder, tokenizer, recipe, work_dir / "dit_state.pt", probe if score else None
