@@ -54,11 +54,11 @@ class StudentRecipe:
     (train the first and last main block, the refiners, embedders and the new parts; freeze the middle blocks).
     """
 
-    corpus_images: int = 3000
+    corpus_images: int = 1500
     data: str = "teacher"
     synthesis_steps: int = 20
     cfg_scale: float = 4.0
-    train_steps: int = 1200
+    train_steps: int = 800
     batch_size: int = 32
     learning_rate: float = 5e-4
     preset: str = "shallow:1"
@@ -74,13 +74,10 @@ def training_records(count: int, seed: int = 0) -> List[Dict[str, str]]:
 
 
 def teacher_source(source_model: Sequence[str] = (), device: str = "cpu", torch_dtype: Any = None) -> Any:
-    """``--source_factory`` of ``l2p synthesize`` for the tiny-world teacher (a directory, default: the shipped one).
-
-    The teacher always runs in bf16 (the stock Z-Image time embedder requires it); ``torch_dtype`` is ignored.
-    """
+    """``--source_factory`` of ``l2p synthesize`` for the tiny-world teacher (a directory, default: the shipped one)."""
     if len(source_model) > 1:
         raise ValueError("The tiny-world teacher is one directory; pass at most one --source_model.")
-    return load_teacher(source_model[0] if source_model else None, device=device)
+    return load_teacher(source_model[0] if source_model else None, device=device, torch_dtype=torch_dtype)
 
 
 def _render_corpus(records: List[Dict[str, str]], corpus: Path, seed: int) -> None:
@@ -116,7 +113,7 @@ def build_corpus(corpus: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path
         cfg_scale=recipe.cfg_scale,
         base_seed=recipe.seed,
     )
-    source = SourceSpec(source_model=(str(teacher_dir),), factory=TEACHER_FACTORY)
+    source = SourceSpec(source_model=(str(teacher_dir),), factory=TEACHER_FACTORY, torch_dtype="float32")
     job = SynthesisJob(str(prompt_file), str(corpus), source, settings)
     status = launch_job(job, recipe.synthesis_processes)
     if status:
@@ -169,7 +166,7 @@ def train_student(
         seed=recipe.seed,
         use_gradient_checkpointing=False,
         cache_text_embeddings=True,
-        mixed_precision="bf16",
+        mixed_precision="no",  # fp32: CPUs without bf16 units run bf16 several times slower
         resume="latest" if (run_dir / "state").exists() else None,
     )
     training = train(config)

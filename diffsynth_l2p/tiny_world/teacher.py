@@ -41,6 +41,7 @@ from ..models.text_encoder import Qwen3TextEncoder
 from ..registry import meta_hash, register_all, register_model
 from ..safetensors_io import save_module
 from ..tiny import build_tiny_l2p, init_weights
+from ..validation import resolve_dtype
 from .autoencoder import TinyVAEDecoder, TinyVAEEncoder
 from .shapes import sample_codec_images, sample_dataset
 
@@ -71,17 +72,17 @@ class TeacherRecipe:
     """Data, autoencoder and DiT hyper-parameters of the teacher (the defaults are the shipped teacher's)."""
 
     dataset_size: int = 20000
-    ae_steps: int = 4000
+    ae_steps: int = 2000
     ae_batch_size: int = 32
     ae_lr: float = 1e-3
     ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
-    dit_steps: int = 4500
+    dit_steps: int = 1800
     dit_batch_size: int = 64
     dit_lr: float = 1e-3
     ema_decay: float = 0.998
     uncond_prob: float = 0.1
     checkpoint_every: int = 250
-    curve_every: int = 500  # steps between probes of the EMA teacher (the score-vs-time curve)
+    curve_every: int = 300  # steps between probes of the EMA teacher (the score-vs-time curve)
     seed: int = 0
 
 
@@ -123,20 +124,39 @@ def teacher_model_configs(model_dir: Union[str, os.PathLike, None] = None) -> Tu
     return [ModelConfig(path=str(path)) for path in files], ModelConfig(path=str(text_dir / TOKENIZER_DIR))
 
 
-def load_teacher(model_dir: Union[str, os.PathLike, None] = None, device: str = "cpu") -> ZImagePipeline:
-    """The teacher as DiffSynth's stock ``ZImagePipeline`` (bf16: the stock time embedder requires it).
+def _cast_timestep_embedding(module: torch.nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+    return (args[0].to(module[0].weight.dtype),)
+
+
+def run_time_embedder_in_weight_dtype(dit: ZImageDiT) -> ZImageDiT:
+    """Let the stock ``ZImageDiT`` run in fp32: its time embedder hard-casts its input to bf16, this casts it back.
+
+    A no-op for bf16 weights.  CPUs without bf16 units run bf16 matmuls several times slower than fp32, so the tiny
+    world computes in fp32 there (docs/tiny-world.md).
+    """
+    if not getattr(dit.t_embedder.mlp, "_l2p_casts_input", False):
+        dit.t_embedder.mlp.register_forward_pre_hook(_cast_timestep_embedding)
+        dit.t_embedder.mlp._l2p_casts_input = True
+    return dit
+
+
+def load_teacher(
+    model_dir: Union[str, os.PathLike, None] = None, device: str = "cpu", torch_dtype: Optional[torch.dtype] = None
+) -> ZImagePipeline:
+    """The teacher as DiffSynth's stock ``ZImagePipeline`` (``torch_dtype`` default: fp32 on CPU, bf16 on CUDA).
 
     DiffSynth's loader reads every file; the DiT and the autoencoder, registered under the tiny world's own
     names, are then put in the pipeline's ``dit`` / ``vae_encoder`` / ``vae_decoder`` slots.
     """
     register_all()
     register_teacher_models()
+    torch_dtype = torch_dtype or resolve_dtype(None, device)
     (text_encoder, *parts), tokenizer_config = teacher_model_configs(model_dir)
     pipe = ZImagePipeline.from_pretrained(
-        torch_dtype=torch.bfloat16, device=device, model_configs=[text_encoder], tokenizer_config=tokenizer_config
+        torch_dtype=torch_dtype, device=device, model_configs=[text_encoder], tokenizer_config=tokenizer_config
     )
     pool = pipe.download_and_load_models(parts)
-    pipe.dit = pool.fetch_model(DIT_MODEL_NAME)
+    pipe.dit = run_time_embedder_in_weight_dtype(pool.fetch_model(DIT_MODEL_NAME))
     pipe.vae_encoder = pool.fetch_model(VAE_ENCODER_MODEL_NAME)
     pipe.vae_decoder = pool.fetch_model(VAE_DECODER_MODEL_NAME)
     return pipe
@@ -151,7 +171,7 @@ def images_to_tensor(images: List) -> torch.Tensor:
 def train_autoencoder(
     images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, latent_noise: float = 0.1
 ) -> Tuple[TinyVAEEncoder, TinyVAEDecoder, List[float]]:
-    """Train encoder + decoder on images in [-1, 1] (MSE, bf16 autocast; noise on the code makes the decoder forgiving).
+    """Train encoder + decoder on images in [-1, 1] (MSE; noise on the code makes the decoder forgiving).
 
     The per-channel code statistics are measured afterwards and stored in both halves' buffers.
     """
@@ -164,11 +184,9 @@ def train_autoencoder(
     losses = []
     for _ in tqdm(range(steps), desc="autoencoder", mininterval=5):
         batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # ~3x faster convs on CPUs with bf16 units
-            code = encoder.encode(batch).float()
-            noisy = code + latent_noise * code.detach().std() * torch.randn(code.shape, generator=generator)
-            reconstruction = decoder.decode(noisy)
-        loss = torch.nn.functional.mse_loss(reconstruction.float(), batch)
+        code = encoder.encode(batch)
+        noisy = code + latent_noise * code.detach().std() * torch.randn(code.shape, generator=generator)
+        loss = torch.nn.functional.mse_loss(decoder.decode(noisy), batch)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)  # one early spike can otherwise freeze it on a flat image
@@ -214,8 +232,7 @@ class DiTTrainer:
     pipeline computes.  ``x_t = (1 - s) x0 + s eps`` at the Z-Image schedule's training timesteps (shift 3);
     target ``eps - x0``.  Each caption is replaced by the empty prompt with probability ``uncond_prob`` (for
     CFG).  The text encoder learns with the DiT (a stand-in for a pretrained one, whose features already name
-    colors and shapes); the student later keeps it frozen.  Both compute in bf16, as the stock pipeline runs
-    them, with fp32 master weights and an fp32 EMA.
+    colors and shapes); the student later keeps it frozen.  Both train in fp32 with an fp32 EMA and ship in bf16.
     """
 
     def __init__(
@@ -231,12 +248,11 @@ class DiTTrainer:
         self.scheduler = FlowMatchScheduler("Z-Image")
         self.scheduler.set_timesteps(1000, training=True)
         self.generator = torch.Generator().manual_seed(recipe.seed)
-        self.dit = init_dit(recipe.seed, config).to(torch.bfloat16).train()
-        self.text = SimpleNamespace(text_encoder=text_encoder.to(torch.bfloat16).train(), tokenizer=tokenizer)
+        self.dit = run_time_embedder_in_weight_dtype(init_dit(recipe.seed, config).train())
+        self.text = SimpleNamespace(text_encoder=text_encoder.float().train(), tokenizer=tokenizer)
         self.params = list(self.dit.parameters()) + list(text_encoder.parameters())
-        self.master = [param.detach().float().clone().requires_grad_(True) for param in self.params]
-        self.ema = [param.detach().clone() for param in self.master]
-        self.optimizer = torch.optim.AdamW(self.master, lr=recipe.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = [param.detach().clone() for param in self.params]
+        self.optimizer = torch.optim.AdamW(self.params, lr=recipe.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.schedule = get_cosine_schedule_with_warmup(
             self.optimizer, max(1, recipe.dit_steps // 20), recipe.dit_steps
         )
@@ -262,21 +278,16 @@ class DiTTrainer:
         noise = torch.randn(x0.shape, generator=self.generator)
         timestep_ids = torch.randint(len(self.scheduler.timesteps), (batch_size,), generator=self.generator)
         sigma = self.scheduler.sigmas[timestep_ids].view(-1, 1, 1, 1)
-        noisy = ((1 - sigma) * x0 + sigma * noise).to(torch.bfloat16)
-        timestep = self.scheduler.timesteps[timestep_ids].to(torch.bfloat16)
-        prediction = latent_velocity(self.dit, noisy, timestep, self.encode(prompts))
-        loss = torch.nn.functional.mse_loss(prediction.float(), self.scheduler.training_target(x0, noise, None))
-        for param in self.params:
-            param.grad = None
+        noisy = (1 - sigma) * x0 + sigma * noise
+        prediction = latent_velocity(self.dit, noisy, self.scheduler.timesteps[timestep_ids], self.encode(prompts))
+        loss = torch.nn.functional.mse_loss(prediction, self.scheduler.training_target(x0, noise, None))
+        self.optimizer.zero_grad()
         loss.backward()
-        for master_param, param in zip(self.master, self.params, strict=True):
-            master_param.grad = None if param.grad is None else param.grad.float()
         self.optimizer.step()
         self.schedule.step()
         with torch.no_grad():
-            for master_param, ema_param, param in zip(self.master, self.ema, self.params, strict=True):
-                ema_param.lerp_(master_param, 1 - self.recipe.ema_decay)
-                param.copy_(master_param)
+            for ema_param, param in zip(self.ema, self.params, strict=True):
+                ema_param.lerp_(param, 1 - self.recipe.ema_decay)
         self.step += 1
         self.losses.append(loss.item())
         self.seconds += time.perf_counter() - start
@@ -288,7 +299,7 @@ class DiTTrainer:
             "losses": self.losses,
             "seconds": self.seconds,
             "curve": self.curve,
-            "master": self.master,
+            "weights": self.params,
             "ema": self.ema,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -299,16 +310,14 @@ class DiTTrainer:
         self.step, self.losses, self.seconds = state["step"], list(state["losses"]), state["seconds"]
         self.curve = list(state["curve"])
         with torch.no_grad():
-            for target, source in zip(self.master + self.ema, state["master"] + state["ema"], strict=True):
+            for target, source in zip(self.params + self.ema, state["weights"] + state["ema"], strict=True):
                 target.copy_(source)
-            for param, master_param in zip(self.params, self.master, strict=True):
-                param.copy_(master_param)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
 
     def ema_models(self) -> Tuple[ZImageDiT, torch.nn.Module]:
-        """Copies of the DiT and text encoder with the EMA weights, in bf16 (the teacher that ships)."""
+        """Copies of the DiT and text encoder with the EMA weights (the teacher that ships)."""
         dit, text_encoder = copy.deepcopy(self.dit).eval(), copy.deepcopy(self.text.text_encoder).eval()
         with torch.no_grad():
             copies = list(dit.parameters()) + list(text_encoder.parameters())
@@ -356,9 +365,10 @@ def train_dit(
 def teacher_pipeline(
     dit: ZImageDiT, text_encoder: torch.nn.Module, tokenizer: Any, vae_decoder: torch.nn.Module
 ) -> ZImagePipeline:
-    """The stock pipeline around in-memory bf16 teacher parts (as :func:`load_teacher` loads the files)."""
-    pipe = ZImagePipeline(device="cpu", torch_dtype=torch.bfloat16)
-    pipe.dit, pipe.text_encoder, pipe.tokenizer, pipe.vae_decoder = dit, text_encoder, tokenizer, vae_decoder
+    """The stock pipeline around in-memory fp32 teacher parts (as :func:`load_teacher` loads the files on CPU)."""
+    pipe = ZImagePipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.dit, pipe.text_encoder = run_time_embedder_in_weight_dtype(dit), text_encoder
+    pipe.tokenizer, pipe.vae_decoder = tokenizer, vae_decoder
     return pipe
 
 
@@ -409,10 +419,8 @@ def train_teacher(
         latents = torch.cat([encoder(chunk) for chunk in images_to_tensor(list(images)).split(512)])
     text_encoder, tokenizer = load_text_parts(text_dir)
 
-    bf16_decoder = decoder.to(torch.bfloat16)
-
     def probe(dit: ZImageDiT, text: torch.nn.Module) -> Dict[str, float]:
-        return score(teacher_pipeline(dit, text, tokenizer, bf16_decoder))
+        return score(teacher_pipeline(dit, text, tokenizer, decoder))
 
     dit, text_encoder, dit_losses, curve = train_dit(
         latents, list(captions), text_encoder, tokenizer, recipe, work_dir / "dit_state.pt", probe if score else None
