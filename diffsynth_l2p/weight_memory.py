@@ -23,8 +23,10 @@ def stored_bytes(model: torch.nn.Module, storage_dtype: Optional[torch.dtype] = 
     """Bytes of the model's parameters and buffers (each tensor once) by :func:`tensor_kind`.
 
     ``storage_dtype=None`` measures the tensors as they are. A dtype predicts the bytes after DiffSynth's loader
-    stored every floating-point tensor in it (what a float8 ``offload_dtype`` does), e.g. for a meta model.
+    read every floating-point tensor of the state dict in it (what a float8 ``offload_dtype`` does), e.g. for a
+    meta model; non-persistent buffers (rotary ``inv_freq``) are not in the checkpoint and keep their dtype.
     """
+    in_checkpoint = {id(tensor) for tensor in model.state_dict(keep_vars=True).values()}
     seen = set()
     kinds: Counter = Counter()
     for module in model.modules():
@@ -32,6 +34,7 @@ def stored_bytes(model: torch.nn.Module, storage_dtype: Optional[torch.dtype] = 
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            dtype = storage_dtype if storage_dtype is not None and tensor.is_floating_point() else tensor.dtype
+            converted = storage_dtype is not None and tensor.is_floating_point() and id(tensor) in in_checkpoint
+            dtype = storage_dtype if converted else tensor.dtype
             kinds[tensor_kind(module, name)] += tensor.numel() * dtype.itemsize
     return dict(sorted(kinds.items()))

@@ -11,7 +11,8 @@ from diffsynth.core.vram.layers import AutoWrappedLinear, AutoWrappedModule
 from PIL import Image
 
 from diffsynth_l2p.cli import main
-from diffsynth_l2p.models.configs import L2P_CONFIGS
+from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
+from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.loading import FP8_WEIGHT_DTYPE, load_pipeline
 from diffsynth_l2p.registry import meta_model
 from diffsynth_l2p.weight_memory import LINEAR_WEIGHT, stored_bytes
@@ -53,6 +54,8 @@ def test_fp8_halves_the_stored_dit_bytes_and_matches_the_meta_prediction(fp8):
     meta = meta_model(**L2P_CONFIGS["tiny"].kwargs)
     assert stored_bytes(meta, torch.bfloat16) == full
     assert stored_bytes(meta, FP8_WEIGHT_DTYPE) == small
+    encoder = meta_model(Qwen3TextEncoder, **TINY_TEXT_ENCODER_CONFIG)
+    assert stored_bytes(encoder, FP8_WEIGHT_DTYPE) == stored_bytes(fp8.text_encoder)
 
 
 def test_fp8_dit_velocity_is_within_tolerance_of_fp32_storage(reference, fp8):
