@@ -14,6 +14,8 @@ from ..safetensors_io import read_header, read_headers
 from .z_image_l2p import ZImageL2PPipeline
 
 ModelFiles = Dict[str, Union[str, List[str]]]
+# The storage dtype of DiffSynth's fp8 option (``--fp8_models`` in its trainer): e4m3 keeps 3 mantissa bits.
+FP8_WEIGHT_DTYPE = torch.float8_e4m3fn
 ModelSpec = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]], Mapping[str, object]]
 
 
@@ -109,18 +111,50 @@ def native_size(dit_path: str) -> Tuple[int, int]:
     return config.default_height, config.default_width
 
 
+def weight_storage_config(weight_dtype: Optional[torch.dtype], device: Union[str, torch.device]) -> Dict[str, object]:
+    """The ``ModelConfig`` VRAM fields that keep a model's weights in ``weight_dtype`` on ``device``.
+
+    ``None``: no fields (weights in the pipeline's ``torch_dtype``, no VRAM management).
+    ``torch.float8_e4m3fn``: the layout of DiffSynth's own fp8 option. Its loader reads every checkpoint tensor
+    in fp8 (norms, biases, pad tokens and the head's convolutions too) and keeps it there; each layer the VRAM
+    map wraps (Linear, Conv2d, RMSNorm) is cast to the pipeline's ``torch_dtype`` for its computation.
+    """
+    if weight_dtype is None:
+        return {}
+    if weight_dtype != FP8_WEIGHT_DTYPE:
+        raise ValueError(
+            f"weight_dtype must be None (weights in torch_dtype) or torch.float8_e4m3fn (fp8 storage, computed in "
+            f"torch_dtype), got {weight_dtype!r}; to store the weights in another dtype pass it as torch_dtype."
+        )
+    device = str(device)
+    return dict(
+        offload_dtype=weight_dtype,
+        offload_device=device,
+        onload_dtype=weight_dtype,
+        onload_device=device,
+        preparing_dtype=weight_dtype,
+        preparing_device=device,
+    )
+
+
 def load_pipeline(
     model: ModelSpec = None,
     device: Union[str, torch.device] = "cpu",
     torch_dtype: torch.dtype = torch.float32,
     vram_limit: Optional[float] = None,
+    weight_dtype: Optional[torch.dtype] = None,
 ) -> ZImageL2PPipeline:
-    """``ZImageL2PPipeline.from_pretrained`` on the files of ``resolve_model_files(model)``."""
+    """``ZImageL2PPipeline.from_pretrained`` on the files of ``resolve_model_files(model)``.
+
+    ``weight_dtype=torch.float8_e4m3fn`` stores the DiT's and the text encoder's weights in fp8 (half the bytes
+    of bfloat16) and computes in ``torch_dtype`` (see :func:`weight_storage_config`).
+    """
+    storage = weight_storage_config(weight_dtype, device)  # a bad value fails before any file is read
     files = resolve_model_files(model)
     return ZImageL2PPipeline.from_pretrained(
         torch_dtype=torch_dtype,
         device=device,
-        model_configs=[ModelConfig(path=files["dit"]), ModelConfig(path=files["text_encoder"])],
+        model_configs=[ModelConfig(path=files["dit"], **storage), ModelConfig(path=files["text_encoder"], **storage)],
         tokenizer_config=ModelConfig(path=files["tokenizer"]),
         vram_limit=vram_limit,
     )
