@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py
 	$(BIN)/python bench/flops.py
+	$(BIN)/python bench/cfg_batching.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

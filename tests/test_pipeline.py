@@ -15,11 +15,13 @@ from safetensors.torch import save_file
 from tiny_checkpoints import tiny_latent_state_dict
 
 from diffsynth_l2p._import_alias import ALIAS, PipelineAliasFinder
+from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR
 from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.loading import load_pipeline, resolve_model_files
 from diffsynth_l2p.pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift, model_fn_z_image_l2p
 from diffsynth_l2p.registry import register_text_encoder
 from diffsynth_l2p.tiny import TINY_TEXT_ENCODER_CONFIG
+from diffsynth_l2p.tiny_world.shape_eval import score_image
 
 PROMPT = "two red circles above a blue square"
 FAST = dict(height=64, width=64, num_inference_steps=3, progress_bar_cmd=lambda steps: steps)
@@ -28,6 +30,12 @@ FAST = dict(height=64, width=64, num_inference_steps=3, progress_bar_cmd=lambda 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_set) -> ZImageL2PPipeline:
     return load_pipeline(tiny_model_set)
+
+
+@pytest.fixture(scope="module")
+def shipped_pipe() -> ZImageL2PPipeline:
+    """The shipped (trained) tiny model, whose images ShapeEval can judge."""
+    return load_pipeline(DEFAULT_MODEL_DIR)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -67,23 +75,42 @@ def test_call_defaults_are_the_release_examples():
     assert (defaults["height"], defaults["width"], defaults["num_images"]) == (1024, 1024, 1)
 
 
-@pytest.mark.parametrize("cfg_scale, expected_calls, expected_encodes", [(1.0, 3, 1), (2.0, 6, 2)])
-def test_cfg_scale_one_never_runs_the_negative_branch(pipe, monkeypatch, cfg_scale, expected_calls, expected_encodes):
-    calls, encodes = [], []
-    model_fn = pipe.model_fn
-    monkeypatch.setattr(pipe, "model_fn", lambda **kw: calls.append(kw["prompt_embeds"]) or model_fn(**kw))
-    handle = pipe.text_encoder.register_forward_hook(lambda *args: encodes.append(1))
+@pytest.mark.parametrize(
+    "cfg_scale, batch_cfg, num_images, captions_per_step",
+    [
+        (1.0, True, 1, ["P"]),  # the negative prompt is neither encoded nor run
+        (1.0, False, 1, ["P"]),
+        (2.0, True, 1, ["PN"]),  # one forward: positive then negative
+        (2.0, True, 2, ["PPNN"]),
+        (2.0, False, 1, ["P", "N"]),  # DiffSynth's two passes
+        (2.0, False, 2, ["PP", "NN"]),
+    ],
+)
+def test_dit_forwards_per_step_and_their_captions(pipe, cfg_scale, batch_cfg, num_images, captions_per_step):
+    encode = pipe.units[1].encode_prompt
+    lengths = {key: len(encode(pipe, text, "cpu")[0]) for key, text in (("P", PROMPT), ("N", "green"))}
+    assert lengths["P"] != lengths["N"]  # so the caption lengths tell the prompts apart
+    forwards, encodes = [], []
+    hooks = [
+        pipe.dit.register_forward_pre_hook(lambda _, args: forwards.append((len(args[0]), [len(c) for c in args[2]]))),
+        pipe.text_encoder.register_forward_hook(lambda *args: encodes.append(1)),
+    ]
     try:
-        pipe(PROMPT, negative_prompt="green", cfg_scale=cfg_scale, **FAST)
+        pipe(PROMPT, negative_prompt="green", cfg_scale=cfg_scale, batch_cfg=batch_cfg, num_images=num_images, **FAST)
     finally:
-        handle.remove()
-    assert len(calls) == expected_calls and len(encodes) == expected_encodes
+        for hook in hooks:
+            hook.remove()
+    step = [(len(keys), [lengths[key] for key in keys]) for keys in captions_per_step]
+    assert forwards == step * FAST["num_inference_steps"]
+    assert len(encodes) == (1 if cfg_scale == 1 else 2)
 
 
-def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch):
+@pytest.mark.parametrize("batch_cfg", [True, False])
+def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch, batch_cfg):
     steps, cfg, seed, shift = 4, 2.5, 3, 3.0
     recorder = FinalSamples(pipe, monkeypatch)
-    image = pipe(PROMPT, negative_prompt="yellow", cfg_scale=cfg, seed=seed, **dict(FAST, num_inference_steps=steps))
+    kwargs = dict(FAST, num_inference_steps=steps, batch_cfg=batch_cfg)
+    image = pipe(PROMPT, negative_prompt="yellow", cfg_scale=cfg, seed=seed, **kwargs)
 
     encode = pipe.units[1].encode_prompt
     positive, negative = encode(pipe, PROMPT, "cpu"), encode(pipe, "yellow", "cpu")
@@ -98,6 +125,14 @@ def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch):
     assert (recorder.samples[0] - x[0]).abs().max().item() <= 1e-5
     expected = (((x[0] + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+@pytest.mark.parametrize("prompt, seed", [("a red circle left of a blue triangle", 0), ("two green triangles", 7)])
+def test_batched_cfg_images_equal_two_pass_images(shipped_pipe, prompt, seed):
+    kwargs = dict(FAST, num_inference_steps=10, cfg_scale=4.0, seed=seed)
+    batched, two_pass = (pixels(shipped_pipe(prompt, batch_cfg=batch_cfg, **kwargs)) for batch_cfg in (True, False))
+    assert np.abs(batched - two_pass).mean() < 2.0  # batch rounding only: a few levels on a few pixels
+    assert score_image(batched.astype(np.uint8), prompt) == score_image(two_pass.astype(np.uint8), prompt)
 
 
 @pytest.mark.parametrize("size", [(112, 112), (64, 176), (16, 16)])
