@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py
 	$(BIN)/python bench/flops.py
 	$(BIN)/python bench/cfg_batching.py
+	$(BIN)/python bench/fp8_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs
