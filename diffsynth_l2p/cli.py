@@ -268,7 +268,8 @@ def _add_synthesize(sub) -> None:
     parser.add_argument("--seed", type=seed_option(), default=0, help="base seed; row i uses seed + i (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16", help="model dtype (bfloat16)"
+        "--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+        help="model dtype (default: auto = bfloat16 on cuda, float32 on cpu, where bfloat16 is often emulated)",
     )
     parser.add_argument(
         "--num_processes", "--num-processes", type=int_option(1), default=1,
@@ -284,18 +285,20 @@ def _add_synthesize(sub) -> None:
 def _synthesis_job(args: argparse.Namespace) -> "SynthesisJob":
     """The ``SynthesisJob`` that ``l2p synthesize``'s options describe."""
     from .data.synthesize import DEFAULT_PIPELINE_CLASS, SourceSpec, SynthesisJob, SynthesisSettings
+    from .validation import resolve_dtype
 
     if not args.prompts:
         raise ValueError("--prompts is required (unless --merge-only)")
     if args.source_factory and args.pipeline_class:
         raise ValueError("give either --source_factory or --pipeline_class, not both")
+    device = check_device(args.device)
     source = SourceSpec(
         source_model=tuple(args.source_model),
         pipeline_class=args.pipeline_class or DEFAULT_PIPELINE_CLASS,
         factory=args.source_factory,
         tokenizer=args.tokenizer,
-        device=check_device(args.device),
-        torch_dtype=args.dtype,
+        device=device,
+        torch_dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
     )
     settings = SynthesisSettings(
         height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,

@@ -276,6 +276,15 @@ def test_launched_workers_parse_back_the_same_job():
         job_arguments(SynthesisJob("p.txt", "out", settings=SynthesisSettings(rand_device="cuda")))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "expected"), [([], "float32"), (["--dtype", "auto"], "float32"), (["--dtype", "bfloat16"], "bfloat16")]
+)
+def test_synthesize_dtype_defaults_to_float32_on_the_cpu(dtype, expected):
+    options = ["--prompts", "p.txt", "--output_dir", "out", "--device", "cpu", *dtype]
+    args = cli.build_parser().parse_args(["synthesize", *options])
+    assert cli._synthesis_job(args).source.torch_dtype == expected
+
+
 # A single process with the thread count each of two workers gets: CPU kernels may round differently with other
 # thread counts, and the corpora are compared byte for byte.
 WORKER_THREADS = str(max(1, (os.cpu_count() or 1) // 2))
