@@ -127,7 +127,8 @@ def source_dir(tiny_model_set, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def source_pipe(source_dir):
-    return tiny_source_pipeline([source_dir], "cpu", torch.bfloat16)
+    """The source pipeline as ``l2p synthesize`` builds it on the CPU by default: fp32 (``--dtype auto``)."""
+    return SourceSpec((source_dir,), factory=FACTORY, torch_dtype="float32").load()
 
 
 def _write_jsonl(path: Path, prompts, categories=None) -> str:

@@ -467,6 +467,9 @@ class SourceSpec:
         ``pipeline_class.from_pretrained(torch_dtype, device, model_configs, tokenizer_config)`` is used.
         """
         import torch
+        from diffsynth.models.z_image_dit import ZImageDiT
+
+        from ..models.backbone import run_time_embedder_in_weight_dtype
 
         torch_dtype = getattr(torch, self.torch_dtype)
         if self.factory:
@@ -482,6 +485,8 @@ class SourceSpec:
                 kwargs["tokenizer_config"] = tokenizer_config
             pipe = pipeline_class.from_pretrained(**kwargs)
         check_latent_pipeline(pipe)
+        if isinstance(getattr(pipe, "dit", None), ZImageDiT):
+            run_time_embedder_in_weight_dtype(pipe.dit)  # stock Z-Image hard-casts to bf16; fp32 runs on CPUs
         return pipe
 
 

@@ -12,6 +12,22 @@ from diffsynth.core.gradient import gradient_checkpoint_forward
 from diffsynth.models.z_image_dit import ZImageDiT
 
 
+def _cast_timestep_embedding(module: torch.nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+    return (args[0].to(module[0].weight.dtype),)
+
+
+def run_time_embedder_in_weight_dtype(dit: ZImageDiT) -> ZImageDiT:
+    """Let the stock ``ZImageDiT`` run in fp32: its time embedder hard-casts its input to bf16, this casts it back.
+
+    A no-op for bf16 weights.  CPUs without bf16 units run bf16 matmuls several times slower than fp32, so the
+    tiny world and ``l2p synthesize`` on the CPU compute in fp32 (docs/tiny-world.md).
+    """
+    if not getattr(dit.t_embedder.mlp, "_l2p_casts_input", False):
+        dit.t_embedder.mlp.register_forward_pre_hook(_cast_timestep_embedding)
+        dit.t_embedder.mlp._l2p_casts_input = True
+    return dit
+
+
 def _key_padding_mask(mask: torch.Tensor) -> Optional[torch.Tensor]:
     """[B, S] validity mask -> SDPA mask [B, 1, 1, S], or None when nothing is masked.
 

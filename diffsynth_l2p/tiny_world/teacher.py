@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..atomic import atomic_directory, atomic_path
 from ..model_set import DEFAULT_MODEL_DIR
-from ..models.backbone import latent_velocity
+from ..models.backbone import latent_velocity, run_time_embedder_in_weight_dtype
 from ..models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from ..models.text_encoder import Qwen3TextEncoder
 from ..registry import meta_hash, register_all, register_model
@@ -122,22 +122,6 @@ def teacher_model_configs(model_dir: Union[str, os.PathLike, None] = None) -> Tu
         model_dir / name for name in (DIT_FILE, VAE_ENCODER_FILE, VAE_DECODER_FILE)
     ]
     return [ModelConfig(path=str(path)) for path in files], ModelConfig(path=str(text_dir / TOKENIZER_DIR))
-
-
-def _cast_timestep_embedding(module: torch.nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
-    return (args[0].to(module[0].weight.dtype),)
-
-
-def run_time_embedder_in_weight_dtype(dit: ZImageDiT) -> ZImageDiT:
-    """Let the stock ``ZImageDiT`` run in fp32: its time embedder hard-casts its input to bf16, this casts it back.
-
-    A no-op for bf16 weights.  CPUs without bf16 units run bf16 matmuls several times slower than fp32, so the tiny
-    world computes in fp32 there (docs/tiny-world.md).
-    """
-    if not getattr(dit.t_embedder.mlp, "_l2p_casts_input", False):
-        dit.t_embedder.mlp.register_forward_pre_hook(_cast_timestep_embedding)
-        dit.t_embedder.mlp._l2p_casts_input = True
-    return dit
 
 
 def load_teacher(
