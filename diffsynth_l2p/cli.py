@@ -128,17 +128,26 @@ def _add_generate(sub) -> None:
         help="a model directory (DiT .safetensors + text_encoder/ + tokenizer/) or the DiT file, the text-encoder "
         "shards and the tokenizer directory; default: the shipped tiny-world student",
     )
-    parser.add_argument("--steps", type=int_option(1), default=30, help="denoising steps (default: 30)")
+    parser.add_argument(
+        "--steps", type=int_option(1), default=None,
+        help="denoising steps (default: the model's, 30 for the 1K release, 50 for 4K/8K/10K)",
+    )
     parser.add_argument(
         "--cfg", type=float_option(0), default=None,
-        help="classifier-free guidance scale; 1 disables it (default: the model's, 2.0 for the 1K release)",
+        help="classifier-free guidance scale; 1 disables it (default: the model's, 2.0 for the 1K release, 4.0 for "
+        "4K/8K/10K and the tiny models)",
     )
     parser.add_argument("--height", type=int_option(1), default=None, help="image height (default: model's native)")
     parser.add_argument("--width", type=int_option(1), default=None, help="image width (default: model's native)")
-    parser.add_argument("--seed", type=seed_option(), default=42, help="seed of image 0; image i uses seed+i (42)")
+    parser.add_argument(
+        "--seed", type=seed_option(), default=None,
+        help="seed of image 0; image i uses seed+i (default: the model's, 42)",
+    )
     parser.add_argument("--negative", default="", help="negative prompt (default: empty)")
     parser.add_argument(
-        "--shift", type=float_option(0, inclusive=False), default=None, help="scheduler sigma shift (default: by size)"
+        "--shift", type=float_option(0, inclusive=False), default=None,
+        help="scheduler sigma shift (default: the model's: 3 for 4K/8K/10K, by size for 1K and tiny: 3 up to "
+        "1024x1024, +0.75 per doubling of the side)",
     )
     parser.add_argument(
         "--num-images", "--num_images", type=int_option(1), default=1, help="images per prompt (default: 1)"
@@ -166,12 +175,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     from .data.prompts import read_prompts
     from .generate import generate_to_files
     from .pipelines.loading import FP8_WEIGHT_DTYPE, load_pipeline, native_config, resolve_model_files
-    from .validation import DEFAULT_MAX_PIXELS, check_image_size, check_seed, resolve_dtype
+    from .validation import check_image_size, check_seed, resolve_dtype
 
     device = check_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
-    check_seed(args.seed, "--seed", args.num_images)
+    if args.seed is not None:
+        check_seed(args.seed, "--seed", args.num_images)
     if args.out.lower().endswith(".png"):
         check_output_file(args.out, [args.prompts] if args.prompts else [], "--out image")
     else:
@@ -180,8 +190,10 @@ def _run_generate(args: argparse.Namespace) -> int:
     native = native_config(files["dit"])
     height = native.default_height if args.height is None else args.height
     width = native.default_width if args.width is None else args.width
-    cfg_scale = native.default_cfg_scale if args.cfg is None else args.cfg
-    check_image_size(height, width, DEFAULT_MAX_PIXELS, step=1)  # before loading; the pipeline checks the patch
+    # Before loading; the pipeline checks the size step. Steps, CFG, seed and shift default in the pipeline.
+    check_image_size(
+        height, width, native.max_pixels, step=1, raise_hint="(the model's cap: from Python, raise pipe.max_pixels)"
+    )
     # DiffSynth's loader reports on stdout; keep stdout for the written paths.
     with contextlib.redirect_stdout(sys.stderr):
         weight_dtype = FP8_WEIGHT_DTYPE if args.fp8 else None
@@ -189,7 +201,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         paths = generate_to_files(
             pipe, records, args.out,
             height=height, width=width,
-            num_inference_steps=args.steps, cfg_scale=cfg_scale, sigma_shift=args.shift,
+            num_inference_steps=args.steps, cfg_scale=args.cfg, sigma_shift=args.shift,
             negative_prompt=args.negative, seed=args.seed, num_images=args.num_images, model=files["dit"],
         )
     for path in paths:

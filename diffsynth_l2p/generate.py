@@ -11,7 +11,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from .atomic import atomic_open
-from .pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift
+from .pipelines.z_image_l2p import ZImageL2PPipeline
 
 PNG_PARAMETERS_KEY = "parameters"
 
@@ -51,21 +51,25 @@ def generate_to_files(
     records: List[Dict[str, Any]],
     out: Union[str, os.PathLike],
     *,
-    height: int,
-    width: int,
-    num_inference_steps: int = 30,
-    cfg_scale: float = 2.0,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    num_inference_steps: Optional[int] = None,
+    cfg_scale: Optional[float] = None,
     sigma_shift: Optional[float] = None,
     negative_prompt: str = "",
-    seed: int = 42,
+    seed: Optional[int] = None,
     num_images: int = 1,
     model: Optional[str] = None,
 ) -> List[Path]:
     """Run ``pipe`` for every prompt record, ``num_images`` each with seeds ``seed``, ``seed + 1``, …; return the PNGs.
 
-    Records (see ``data.prompts.read_prompts``) may override ``negative_prompt`` and ``seed``.  Each PNG stores its
-    own parameters (see ``read_png_parameters``); ``model`` is recorded as given.
+    Records (see ``data.prompts.read_prompts``) may override ``negative_prompt`` and ``seed``.  Arguments left at
+    ``None`` take the loaded checkpoint's defaults (``pipe.config``).  Each PNG stores its own parameters, the
+    defaults resolved (see ``read_png_parameters``); ``model`` is recorded as given.
     """
+    defaults = pipe.with_defaults(
+        height=height, width=width, num_inference_steps=num_inference_steps, cfg_scale=cfg_scale, seed=seed
+    )
     paths = output_paths(out, [record["prompt"] for record in records for _ in range(num_images)])
     several = len(records) > 1
     written = []
@@ -73,18 +77,18 @@ def generate_to_files(
         call = dict(
             prompt=record["prompt"],
             negative_prompt=record.get("negative_prompt", negative_prompt),
-            seed=int(record.get("seed", seed)),
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            cfg_scale=cfg_scale,
+            seed=int(record.get("seed", defaults["seed"])),
+            height=defaults["height"],
+            width=defaults["width"],
+            num_inference_steps=defaults["num_inference_steps"],
+            cfg_scale=defaults["cfg_scale"],
             sigma_shift=sigma_shift,
         )
         progress = (lambda steps: steps) if several else tqdm
         for index, image in enumerate(pipe.generate_images(**call, num_images=num_images, progress_bar_cmd=progress)):
             parameters = dict(call, seed=call["seed"] + index, height=image.height, width=image.width, model=model)
             if sigma_shift is None:
-                parameters["sigma_shift"] = default_sigma_shift(image.height, image.width)
+                parameters["sigma_shift"] = pipe.sigma_shift_for(image.height, image.width)
             path = paths[number * num_images + index]
             save_png(image, path, parameters)
             written.append(path)

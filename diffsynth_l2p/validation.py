@@ -53,14 +53,17 @@ def check_seed(value: object, name: str = "seed", count: int = 1) -> int:
     return check_int(value, name, minimum=0, maximum=MAX_SEED - (count - 1))
 
 
-def check_image_size(height: int, width: int, max_pixels: int, step: int = 16) -> None:
-    """Refuse sizes below one ``step`` or above ``max_pixels`` before anything is allocated."""
+def check_image_size(height: int, width: int, max_pixels: int, step: int = 16, raise_hint: str = "") -> None:
+    """Refuse sizes below one ``step`` or above ``max_pixels`` before anything is allocated.
+
+    ``raise_hint`` completes the over-cap message with how the caller can raise the cap.
+    """
     for name, value in (("height", height), ("width", width)):
         check_int(value, name, minimum=step)
     if height * width > max_pixels:
         raise ValueError(
             f"{height}x{width} is {height * width:,} pixels, over the cap of {max_pixels:,} (max_pixels); "
-            "lower height/width."
+            f"lower height/width{' ' + raise_hint if raise_hint else ''}."
         )
 
 

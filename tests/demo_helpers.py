@@ -100,14 +100,15 @@ class HeldWorkers:
             worker.pipe = self._held(worker.name, pipe)
 
     def _held(self, name: str, pipe: Any) -> SimpleNamespace:
-        """A stand-in for ``pipe`` whose ``generate_images`` (what a worker calls) waits for ``release``."""
+        """A stand-in for ``pipe`` whose ``generate_images`` (what a worker calls) waits for ``release``; the shift
+        the worker records still comes from ``pipe``."""
 
         def generate_images(**kwargs):
             self.started.append((name, kwargs["seed"]))
             assert self._released.wait(TIMEOUT)
             return pipe.generate_images(**kwargs)
 
-        return SimpleNamespace(generate_images=generate_images)
+        return SimpleNamespace(generate_images=generate_images, sigma_shift_for=pipe.sigma_shift_for)
 
     def release(self) -> None:
         self._released.set()

@@ -26,7 +26,7 @@ def test_batch_images_each_reproduce_alone_with_their_seed(worker):
     assert [image.request.seed for image in batch] == [9, 10]
     for image in batch:
         (alone,) = worker.generate(image.request)
-        assert read_png_parameters(image.path) == image.parameters == png_parameters(image.request, "tiny")
+        assert read_png_parameters(image.path) == image.parameters == png_parameters(image.request, "tiny", 3.0)
         with Image.open(image.path) as first, Image.open(alone.path) as second:
             assert first.size == (64, 48)
             # A batched and a single CPU forward may round one value differently: at most one level apart.
@@ -36,7 +36,7 @@ def test_batch_images_each_reproduce_alone_with_their_seed(worker):
 
 def test_png_parameters_match_what_l2p_generate_writes():
     request = GenerationRequest("a red circle", "blurry", steps=12, cfg_scale=3.5, width=2048, height=1024, seed=7)
-    assert png_parameters(request, "m") == dict(
+    assert png_parameters(request, "m", 3.375) == dict(
         prompt="a red circle", negative_prompt="blurry", cfg_scale=3.5, height=1024, width=2048, seed=7,
         num_inference_steps=12, sigma_shift=3.375, model="m",
     )  # fmt: skip

@@ -16,6 +16,7 @@ from tiny_checkpoints import tiny_latent_state_dict
 
 from diffsynth_l2p._import_alias import ALIAS, PipelineAliasFinder
 from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR
+from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.loading import load_pipeline, resolve_model_files
 from diffsynth_l2p.pipelines.z_image_l2p import ZImageL2PPipeline, default_sigma_shift, model_fn_z_image_l2p
@@ -67,12 +68,20 @@ def test_same_seed_same_bytes_other_seed_other_image(pipe):
     assert first.tobytes() != other.tobytes()
 
 
-def test_call_defaults_are_the_release_examples():
+def test_call_defaults_come_from_the_loaded_config_the_1k_release_examples_by_default(pipe):
     import inspect
 
     defaults = {k: v.default for k, v in inspect.signature(ZImageL2PPipeline.__call__).parameters.items()}
-    assert (defaults["num_inference_steps"], defaults["cfg_scale"], defaults["seed"]) == (30, 2.0, 42)
-    assert (defaults["height"], defaults["width"], defaults["num_images"]) == (1024, 1024, 1)
+    names = ("num_inference_steps", "cfg_scale", "seed", "height", "width", "sigma_shift")
+    assert [defaults[name] for name in names] == [None] * len(names) and defaults["num_images"] == 1
+    fresh = ZImageL2PPipeline(device="cpu", torch_dtype=torch.float32)  # nothing loaded yet: the 1K release's
+    assert fresh.with_defaults(**dict.fromkeys(names[:-1])) == dict(
+        num_inference_steps=30, cfg_scale=2.0, seed=42, height=1024, width=1024
+    )
+    assert (fresh.sigma_shift_for(1024, 1024), fresh.sigma_shift_for(4096, 4096)) == (3.0, 4.5)
+    assert (fresh.config, fresh.max_pixels, pipe.config) == (L2P_CONFIGS["1k"], 4096**2, L2P_CONFIGS["tiny"])
+    assert pipe.with_defaults(cfg_scale=None, height=None, width=None) == dict(cfg_scale=4.0, height=64, width=64)
+    assert pipe.with_defaults(cfg_scale=1.5, seed=0) == dict(cfg_scale=1.5, seed=0)
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,8 @@ class DemoServer:
             workers += [load(index) for index in range(1, len(devices))]
             self.pool = WorkerPool(workers)
             self.settings = UISettings(
-                limits, limits.clamp_size(native), model_label, default_cfg=config.default_cfg_scale,
+                limits, limits.clamp_size(native), model_label, default_steps=config.default_steps,
+                default_cfg=config.default_cfg_scale, default_seed=config.default_seed,
                 max_queue=args.max_queue,
             )
             self.blocks = build_ui(self.pool, self.settings)

@@ -21,7 +21,7 @@ class UISettings:
     limits: Limits
     default_size: int
     model_label: str
-    default_steps: int = 30
+    default_steps: int = 30  # the server passes the loaded model's defaults (``L2PConfig``)
     default_cfg: float = 2.0
     default_seed: int = 42
     max_queue: int = 16  # requests that may wait for a worker; Gradio refuses more as "queue is full"

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..generate import save_png
 from ..pipelines.loading import ModelFiles, load_pipeline
-from ..pipelines.z_image_l2p import default_sigma_shift
 from .request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -32,11 +31,11 @@ class GeneratedImage:
     seconds: float
 
 
-def png_parameters(request: GenerationRequest, model: str) -> dict:
+def png_parameters(request: GenerationRequest, model: str, sigma_shift: float) -> dict:
     """The PNG metadata of one image, in the layout `l2p generate` writes (pipeline arguments + model)."""
     kwargs = request.pipeline_kwargs()
     del kwargs["num_images"]
-    return {**kwargs, "sigma_shift": default_sigma_shift(request.height, request.width), "model": model}
+    return {**kwargs, "sigma_shift": sigma_shift, "model": model}
 
 
 def prune_outputs(directory: Path, max_age_seconds: float = OUTPUT_TTL_SECONDS) -> int:
@@ -93,7 +92,8 @@ class PipelineWorker:
         results = []
         for index, image in enumerate(images):
             single = request.for_image(index)
-            parameters = png_parameters(single, self.model_label)
+            shift = self.pipe.sigma_shift_for(single.height, single.width)  # the model's default, used by the call
+            parameters = png_parameters(single, self.model_label, shift)
             path = self.output_dir / f"l2p-{single.seed}-{uuid.uuid4().hex[:12]}.png"
             save_png(image, path, parameters)
             results.append(GeneratedImage(path, single, parameters, self.name, seconds))

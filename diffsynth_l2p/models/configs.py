@@ -6,21 +6,48 @@ hash is a fact about that file and is checked against a meta-device build in the
 token grid).  Only their hashes and a prose description were published; the head layouts below are the
 ones whose meta-device hash equals the published hash (each was the single match of a bounded search).
 ``tiny`` is this project's CPU-sized model of the same class.
+
+Each configuration also carries its sampling defaults, which ``ZImageL2PPipeline``, ``l2p generate`` and the demo
+use unless the caller overrides them: the 1K release's (30 steps, CFG 2.0, shift by resolution) and the UHR
+release's (50 steps, CFG 4.0, the scheduler's shift 3 at every size).
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+from ..validation import DEFAULT_MAX_PIXELS  # the 1K, 4K and tiny cap; 8K and 10K raise it to their native size
+
+# The UHR release samples with 50 steps, CFG 4.0 and the scheduler's default shift at every resolution.
+UHR_SAMPLING = dict(default_steps=50, default_cfg_scale=4.0, default_sigma_shift=3.0)
 
 
 @dataclass(frozen=True)
 class L2PConfig:
-    """Constructor kwargs for ``ZImageL2PDiT``, the checkpoint's DiffSynth hash when published, sampling defaults."""
+    """Constructor kwargs for ``ZImageL2PDiT``, the checkpoint's DiffSynth hash when published, sampling defaults.
+
+    ``default_sigma_shift=None`` means the pipeline's resolution rule (``default_sigma_shift(height, width)``);
+    ``size_step`` is what image sides must be multiples of; ``max_pixels`` is the pipeline's pixel cap.
+    """
 
     kwargs: Dict[str, Any] = field(default_factory=dict)
     published_hash: Optional[str] = None
     default_height: int = 1024
     default_width: int = 1024
     default_cfg_scale: float = 2.0  # the 1K release's examples
+    default_steps: int = 30
+    default_sigma_shift: Optional[float] = None
+    default_seed: int = 42
+    size_step: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def layout(self) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
+        """The patch sizes and head stage names: what tells the UHR heads apart whatever the backbone's width."""
+        return layout_of(self.kwargs)
+
+
+def layout_of(kwargs: Dict[str, Any]) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
+    """``(all_patch_size, head_stage_names)`` of ``ZImageL2PDiT(**kwargs)`` (``()`` for the default stage names)."""
+    return tuple(kwargs.get("all_patch_size", (16,))), tuple(kwargs.get("head_stage_names") or ())
 
 
 L2P_1K = L2PConfig(kwargs={}, published_hash="577b2d3e0acea1fb784ca600f966805e")
@@ -35,6 +62,8 @@ L2P_4K = L2PConfig(
     published_hash="69e8fd5b562ea858b9f864508c1263b3",
     default_height=4096,
     default_width=4096,
+    size_step=64,
+    **UHR_SAMPLING,
 )
 
 # 8K: the 4K head wrapped in one more stage (enc_8k 3->3, up_8k 16->16, dec_8k 16+3->16).
@@ -48,6 +77,9 @@ L2P_8K = L2PConfig(
     published_hash="df0e4e865d39501e2fe96c7ea8aa40f6",
     default_height=8192,
     default_width=8192,
+    size_step=128,
+    max_pixels=8192 * 8192,
+    **UHR_SAMPLING,
 )
 
 # 10K: no enc4/up4/dec4; the bottleneck (256+3840->512) sits on a 160x160 grid and the 64x64 DiT
@@ -63,6 +95,9 @@ L2P_10K = L2PConfig(
     published_hash="e6094ba663b7c10011eb47db072ead0b",
     default_height=10240,
     default_width=10240,
+    size_step=320,  # lcm of the patch size 160 and the head's stride 64
+    max_pixels=10240 * 10240,
+    **UHR_SAMPLING,
 )
 
 L2P_TINY = L2PConfig(
@@ -83,6 +118,17 @@ L2P_TINY = L2PConfig(
 )
 
 L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}
+
+
+def config_for_kwargs(kwargs: Dict[str, Any]) -> L2PConfig:
+    """The named configuration built with ``kwargs``; else the first with the same layout (other widths); else 1K."""
+    for config in L2P_CONFIGS.values():
+        if config.kwargs == kwargs:
+            return config
+    for config in L2P_CONFIGS.values():
+        if config.layout() == layout_of(kwargs):
+            return config
+    return L2P_1K
 
 # The tiny model sets' Qwen3 text encoder (``models/text_encoder.py``): hidden size = the tiny DiT's caption width;
 # the vocabulary is the tiny word-level tokenizer's (``tiny.VOCABULARY``).

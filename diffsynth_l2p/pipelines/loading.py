@@ -8,10 +8,9 @@ import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
 from ..model_set import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
-from ..models.configs import L2P_CONFIGS, L2PConfig
-from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered
+from ..registry import L2P_DIT_MODEL_NAME, find_registered
 from ..safetensors_io import read_header, read_headers
-from .z_image_l2p import ZImageL2PPipeline
+from .z_image_l2p import ZImageL2PPipeline, native_config
 
 ModelFiles = Dict[str, Union[str, List[str]]]
 # The storage dtype of DiffSynth's fp8 option (``--fp8_models`` in its trainer): e4m3 keeps 3 mantissa bits.
@@ -92,17 +91,6 @@ def resolve_model_files(model: ModelSpec = None) -> ModelFiles:
     read_headers(files["dit"])
     read_headers(files["text_encoder"])  # all shards, so a truncated one is named before loading
     return files
-
-
-def native_config(dit_path: str) -> L2PConfig:
-    """The named L2P configuration registered under the file's hash (the 1K release's when none matches)."""
-    for entry in find_registered(hash_model_file(dit_path)):
-        if entry["model_class"] != L2P_DIT_CLASS:
-            continue
-        for config in L2P_CONFIGS.values():
-            if entry.get("extra_kwargs", {}) == config.kwargs:
-                return config
-    return L2P_CONFIGS["1k"]
 
 
 def native_size(dit_path: str) -> Tuple[int, int]:

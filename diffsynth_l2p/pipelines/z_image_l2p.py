@@ -22,17 +22,27 @@ from einops import reduce
 from PIL import Image
 from tqdm import tqdm
 
+from ..models.configs import L2P_1K, L2PConfig, config_for_kwargs
 from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
 from ..models.z_image_l2p_dit import ZImageL2PDiT
-from ..registry import L2P_DIT_MODEL_NAME, find_registered, register_all
+from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered, register_all
 from ..safetensors_io import read_headers
-from ..validation import DEFAULT_MAX_PIXELS, check_device, check_float, check_image_size, check_int, check_seed
+from ..validation import check_device, check_float, check_image_size, check_int, check_seed
 
 # DiffSynth's loader must know this package's models (registry.L2P_MODEL_CONFIGS) before ``from_pretrained`` runs.
 register_all()
 
 LATENT_DIT_MODEL_NAME = "z_image_dit"
 TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"
+# ``generate_images`` arguments that default to the loaded config's values, and the ``L2PConfig`` fields they come from.
+CONFIG_DEFAULTS = {
+    "cfg_scale": "default_cfg_scale",
+    "height": "default_height",
+    "width": "default_width",
+    "seed": "default_seed",
+    "num_inference_steps": "default_steps",
+}
+MAX_PIXELS_HINT = "or raise pipe.max_pixels (e.g. pipe.max_pixels = 10240 * 10240)"
 TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
 
 
@@ -60,7 +70,7 @@ class ZImageL2PPipeline(BasePipeline):
         self.text_encoder: Optional[torch.nn.Module] = None
         self.dit: Optional[ZImageL2PDiT] = None
         self.tokenizer = None
-        self.max_pixels = DEFAULT_MAX_PIXELS  # larger images are refused before anything is allocated
+        self.use_config(L2P_1K)
         self.in_iteration_models = ("dit",)
         self.units = [
             ZImageUnit_ShapeChecker(),
@@ -89,9 +99,10 @@ class ZImageL2PPipeline(BasePipeline):
             vram_limit = None
         # Copies: resolving fills in paths, which must not stick to the caller's (or the default) configs.
         model_configs = [copy.copy(config) for config in model_configs]
+        entries = []
         for config in model_configs:
             resolve_files(config)
-            _check_checkpoint(config.path)
+            entries += _check_checkpoint(config.path)
         model_pool = pipe.download_and_load_models(model_configs, vram_limit)
         pipe.dit = model_pool.fetch_model(L2P_DIT_MODEL_NAME)
         pipe.text_encoder = model_pool.fetch_model(TEXT_ENCODER_MODEL_NAME)
@@ -102,9 +113,27 @@ class ZImageL2PPipeline(BasePipeline):
             resolve_files(tokenizer_config, is_dir=True)
             pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
         pipe.check_models()
+        pipe.use_config(config_of_entries(entries))
         pipe.height_division_factor = pipe.width_division_factor = pipe.dit.size_multiple
         pipe.vram_management_enabled = pipe.check_vram_management_state()
         return pipe
+
+    def use_config(self, config: L2PConfig) -> None:
+        """Take ``config``'s sampling defaults and pixel cap (``from_pretrained`` picks the checkpoint's config)."""
+        self.config = config
+        self.max_pixels = config.max_pixels  # larger images are refused before anything is allocated
+
+    def with_defaults(self, **arguments: Any) -> dict:
+        """``arguments`` (any of ``CONFIG_DEFAULTS``' names) with each ``None`` replaced by the config's default."""
+        return {
+            name: getattr(self.config, CONFIG_DEFAULTS[name]) if value is None else value
+            for name, value in arguments.items()
+        }
+
+    def sigma_shift_for(self, height: int, width: int) -> float:
+        """The shift used when a call gives none: the config's, else ``default_sigma_shift(height, width)``."""
+        shift = self.config.default_sigma_shift
+        return default_sigma_shift(height, width) if shift is None else shift
 
     def check_models(self) -> None:
         """Raise a ``ValueError`` naming what to load when the DiT, text encoder or tokenizer is missing."""
@@ -175,7 +204,7 @@ class ZImageL2PPipeline(BasePipeline):
         check_int(num_images, "num_images")
         if seed is not None:
             check_seed(seed, "seed", num_images)
-        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor, raise_hint=MAX_PIXELS_HINT)
         if not 0 < denoising_strength <= 1:
             raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
         if denoising_strength < 1 and input_image is None:
@@ -186,7 +215,7 @@ class ZImageL2PPipeline(BasePipeline):
         if input_image is not None:
             check_input_image(input_image)
         height, width = self.check_resize_height_width(height, width)
-        check_image_size(height, width, self.max_pixels, step=self.height_division_factor)
+        check_image_size(height, width, self.max_pixels, step=self.height_division_factor, raise_hint=MAX_PIXELS_HINT)
         patch = self.dit.patch_size
         max_h, max_w = self.dit.axes_lens[1], self.dit.axes_lens[2]
         if height // patch > max_h or width // patch > max_w:
@@ -242,12 +271,12 @@ class ZImageL2PPipeline(BasePipeline):
         self,
         prompt: str,
         negative_prompt: str = "",
-        cfg_scale: float = 2.0,
-        height: int = 1024,
-        width: int = 1024,
-        seed: Optional[int] = 42,
+        cfg_scale: Optional[float] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        seed: Optional[int] = None,
         rand_device: Union[str, torch.device] = "cpu",
-        num_inference_steps: int = 30,
+        num_inference_steps: Optional[int] = None,
         sigma_shift: Optional[float] = None,
         input_image: Optional[Image.Image] = None,
         denoising_strength: float = 1.0,
@@ -257,15 +286,24 @@ class ZImageL2PPipeline(BasePipeline):
     ) -> List[Image.Image]:
         """Generate ``num_images`` PIL images for one prompt (always a list; ``pipe(...)`` unwraps a single one).
 
+        Every argument left at ``None`` takes the loaded checkpoint's default from ``self.config`` (see
+        ``models/configs.py``): ``cfg_scale``, ``height``/``width`` (the native size), ``seed``,
+        ``num_inference_steps`` and ``sigma_shift`` (:meth:`sigma_shift_for`: 3 for the UHR checkpoints, else
+        ``default_sigma_shift(height, width)``); 1K: CFG 2.0, 1024x1024, seed 42, 30 steps; 4K/8K/10K: CFG 4.0,
+        native size, seed 42, 50 steps, shift 3; tiny: as 1K but CFG 4.0 at 64x64. Images over
+        ``self.max_pixels`` pixels (the config's: 8192**2 for 8K, 10240**2 for 10K, else 4096**2) are refused.
         Image ``i`` uses noise seeded with ``seed + i``, so a batch equals separate calls with those seeds.
-        Sizes that are not multiples of 16 are rounded up with a warning; ``sigma_shift=None`` means
-        ``default_sigma_shift(height, width)``; with ``input_image``, ``denoising_strength < 1`` keeps
-        that much of the schedule (img2img) and the image is resized to ``width`` x ``height``.
+        Sizes that are not multiples of the patch are rounded up with a warning; with ``input_image``,
+        ``denoising_strength < 1`` keeps that much of the schedule (img2img) and the image is resized to
+        ``width`` x ``height``.
         With ``cfg_scale != 1`` and ``batch_cfg`` (the default) the positive and negative prompt run as one
         DiT forward of batch ``2 * num_images`` per step; ``batch_cfg=False`` runs two forwards of batch
         ``num_images`` instead (about half the activation memory). The images agree up to batch rounding
         (a few uint8 levels on a few pixels).
         """
+        cfg_scale, height, width, seed, num_inference_steps = self.with_defaults(
+            cfg_scale=cfg_scale, height=height, width=width, seed=seed, num_inference_steps=num_inference_steps
+        ).values()
         height, width = self.check_inputs(
             prompt,
             negative_prompt,
@@ -280,7 +318,7 @@ class ZImageL2PPipeline(BasePipeline):
             seed,
         )
         if sigma_shift is None:
-            sigma_shift = default_sigma_shift(height, width)
+            sigma_shift = self.sigma_shift_for(height, width)
         self.scheduler.set_timesteps(num_inference_steps, denoising_strength=denoising_strength, shift=sigma_shift)
 
         inputs_posi = {"prompt": prompt}
@@ -459,11 +497,15 @@ def resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
         )
 
 
-def _check_checkpoint(path: Union[str, List[str]]) -> None:
-    """Reject, before loading, damaged files, files DiffSynth cannot identify and stock latent Z-Image DiTs."""
+def _check_checkpoint(path: Union[str, List[str]]) -> List[dict]:
+    """Reject, before loading, damaged files, files DiffSynth cannot identify and stock latent Z-Image DiTs.
+
+    Returns the file's DiffSynth registry entries.
+    """
     read_headers([file for file in (path if isinstance(path, list) else [path]) if file.endswith(".safetensors")])
     model_hash = hash_model_file(path)
-    names = {entry["model_name"] for entry in find_registered(model_hash)}
+    entries = find_registered(model_hash)
+    names = {entry["model_name"] for entry in entries}
     if not names:
         raise ValueError(
             f"{path} (DiffSynth hash {model_hash}) is not a checkpoint DiffSynth or diffsynth-l2p knows. Expected an "
@@ -474,3 +516,17 @@ def _check_checkpoint(path: Union[str, List[str]]) -> None:
             f"{path} is a latent Z-Image DiT checkpoint (hash {model_hash}), not an L2P pixel DiT; "
             "convert it first with `l2p convert`."
         )
+    return entries
+
+
+def config_of_entries(entries: List[dict]) -> L2PConfig:
+    """The named configuration of the first L2P DiT among registry ``entries`` (by kwargs, else layout; else 1K)."""
+    for entry in entries:
+        if entry["model_class"] == L2P_DIT_CLASS:
+            return config_for_kwargs(entry.get("extra_kwargs", {}))
+    return L2P_1K
+
+
+def native_config(dit_path: str) -> L2PConfig:
+    """The named L2P configuration of the DiT file, from its registered hash (the 1K release's when none matches)."""
+    return config_of_entries(find_registered(hash_model_file(dit_path)))
