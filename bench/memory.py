@@ -27,6 +27,7 @@ import torch
 from bench_io import write_results
 from diffsynth.models.flux_vae import FluxVAEDecoder, ResnetBlock, UpSampler
 from diffsynth.models.z_image_dit import ZImageDiT
+from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.backbone import latent_velocity
@@ -121,19 +122,22 @@ def predict_narrow(kind: str, size: int) -> int:
 
 
 def predict_real_size(size: int, element_size: int = 2) -> Dict[str, int]:
-    """Analytic bytes of the real-size 6B paths: weights + max(backbone activations, head / VAE decode)."""
+    """Analytic bytes of the real-size 6B paths, by part: weights, backbone activations, head, VAE decode, totals."""
     config = L2P_CONFIGS["4k"] if size >= 4096 else L2P_CONFIGS["1k"]
     pixel, latent, vae = meta_model(**config.kwargs), meta_model(ZImageDiT), meta_model(FluxVAEDecoder)
-    pixel_tokens = (size // pixel.patch_size) ** 2
-    latent_tokens = (size // VAE_DOWNSCALE // 2) ** 2
-    pixel_acts = max(
-        head_peak_elements(pixel.local_decoder, size, size), backbone_activation_elements(pixel, pixel_tokens)
+    parts = dict(
+        pixel_weights=parameter_bytes(pixel, element_size),
+        pixel_backbone_activations=backbone_activation_elements(pixel, (size // pixel.patch_size) ** 2) * element_size,
+        head=head_peak_elements(pixel.local_decoder, size, size) * element_size,
+        latent_weights=parameter_bytes(latent, element_size) + parameter_bytes(vae, element_size),
+        latent_backbone_activations=backbone_activation_elements(latent, (size // VAE_DOWNSCALE // 2) ** 2)
+        * element_size,
+        vae_decode=vae_peak_elements(vae, size, size) * element_size,
+        text_encoder=parameter_bytes(meta_model(ZImageTextEncoder), element_size),
     )
-    latent_acts = max(backbone_activation_elements(latent, latent_tokens), vae_peak_elements(vae, size, size))
-    return dict(
-        pixel=parameter_bytes(pixel, element_size) + pixel_acts * element_size,
-        latent=parameter_bytes(latent, element_size) + parameter_bytes(vae, element_size) + latent_acts * element_size,
-    )
+    pixel_peak = parts["pixel_weights"] + max(parts["pixel_backbone_activations"], parts["head"])
+    latent_peak = parts["latent_weights"] + max(parts["latent_backbone_activations"], parts["vae_decode"])
+    return dict(parts, pixel=pixel_peak, latent=latent_peak)
 
 
 def build(kind: str) -> torch.nn.Module:
@@ -212,12 +216,17 @@ def print_report(rows: List[Dict[str, Any]], threads: int, real: Dict[int, Dict[
         cells = [f"{kind} {row['predicted'][kind] / mib:.0f}/{row[key] / mib:.0f} MiB"
                  for kind, key in (("pixel", "pixel"), ("latent", "latent_dit"), ("vae", "vae"))]
         print(f"{row['size']:>6}  " + ", ".join(cells))
-    print("Real size, bf16, analytic (6B weights + activations; the 4K config's head at 4K; text encoder excluded):")
+    print("Real size, bf16, analytic, GB (weights; activations of one main block; the 4K config's head at 4K):")
     for size, peaks in real.items():
-        paper = (f"  paper (GPU bf16, not comparable 1:1): {PAPER_4K_GB['pixel']} vs {PAPER_4K_GB['latent']} GB"
-                 if size == 4096 else "")
-        print(f"{size:>6}  pixel {peaks['pixel'] / 1e9:.2f} GB, latent + VAE decode {peaks['latent'] / 1e9:.2f} GB, "
-              f"ratio {peaks['latent'] / peaks['pixel']:.2f}x{paper}")
+        gb = {key: value / 1e9 for key, value in peaks.items()}
+        print(f"{size:>6}  pixel {gb['pixel']:.2f} = weights {gb['pixel_weights']:.2f} + max(backbone "
+              f"{gb['pixel_backbone_activations']:.2f}, head {gb['head']:.2f}); latent + VAE decode "
+              f"{gb['latent']:.2f} = weights {gb['latent_weights']:.2f} + max(backbone "
+              f"{gb['latent_backbone_activations']:.2f}, VAE {gb['vae_decode']:.2f}); "
+              f"ratio {peaks['latent'] / peaks['pixel']:.2f}x")
+    encoder = real[max(real)]["text_encoder"] / 1e9
+    print(f"  text encoder not included (+{encoder:.2f} GB to both while resident); the paper's 4K peaks (GPU "
+          f"bf16, not comparable 1:1): L2P {PAPER_4K_GB['pixel']} GB vs latent + VAE decode {PAPER_4K_GB['latent']} GB")
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:

@@ -66,7 +66,7 @@ def throughput(corpus: Path, steps: int, warmup: int, batch_size: int, preset: s
     return dict(preset=preset, batch_size=batch_size, steps=steps, image_size=list(dataset.sizes[0]),
                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 step_seconds=step_seconds, samples_per_second=batch_size / step_seconds, peak_rss_bytes=peak,
-                final_loss=float(loss))
+                final_loss=float(loss.detach()))
 
 
 def preset_memory(presets: Sequence[str], config_name: str = "1k") -> List[Dict[str, Any]]:
