@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/flops.py
 	$(BIN)/python bench/cfg_batching.py
 	$(BIN)/python bench/fp8_memory.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -44,6 +44,15 @@ def wide_dit(scale: int) -> ZImageL2PDiT:
     dit = ZImageL2PDiT(**kwargs)
     init_weights(dit, seed=0)
     return dit.eval()
+
+
+def tiny_pipeline_and_dits(wide_scale: int) -> Tuple[ZImageL2PPipeline, Dict[str, ZImageL2PDiT]]:
+    """The shipped tiny pipeline and the DiTs to time in it: its own (``tiny``) and, unless 0, a wide one."""
+    pipe = load_pipeline(DEFAULT_MODEL_DIR)
+    models = {"tiny": pipe.dit}
+    if wide_scale:
+        models["wide"] = wide_dit(wide_scale)
+    return pipe, models
 
 
 def time_modes(pipe: ZImageL2PPipeline, call: Dict[str, Any], repeats: int) -> Dict[str, List[float]]:
@@ -75,10 +84,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         parser.error("--cfg-scale 1 runs no negative pass: there is nothing to batch.")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    pipe = load_pipeline(DEFAULT_MODEL_DIR)
-    models = {"tiny": pipe.dit}
-    if args.wide_scale:
-        models["wide"] = wide_dit(args.wide_scale)
+    pipe, models = tiny_pipeline_and_dits(args.wide_scale)
     rows = []
     print(f"{'model':>5} {'width':>6} {'size':>5} {'batched':>10} {'two-pass':>10} {'two-pass/batched':>17}")
     for name, dit in models.items():
