@@ -26,7 +26,7 @@ from bench_io import write_results
 
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.registry import meta_model
-from diffsynth_l2p.tiny_world.student import _render_corpus, training_records
+from diffsynth_l2p.tiny_world.student import render_corpus, training_records
 from diffsynth_l2p.training.dataset import L2PImageDataset, bucket_batches, collate
 from diffsynth_l2p.training.memory import GIB, memory_report
 from diffsynth_l2p.training.presets import resolve_trainable
@@ -37,7 +37,7 @@ OUT = Path(__file__).resolve().parent / "results" / "training.json"
 
 def write_corpus(folder: Path, count: int, seed: int = 0) -> Path:
     """``count`` shapes-world renders with their captions and seeds in the ``l2p synthesize`` corpus layout."""
-    _render_corpus(training_records(count, seed), folder, seed)
+    render_corpus(training_records(count, seed), folder, seed)
     return folder
 
 

@@ -80,7 +80,7 @@ def teacher_source(source_model: Sequence[str] = (), device: str = "cpu", torch_
     return load_teacher(source_model[0] if source_model else None, device=device, torch_dtype=torch_dtype)
 
 
-def _render_corpus(records: List[Dict[str, str]], corpus: Path, seed: int) -> None:
+def render_corpus(records: List[Dict[str, str]], corpus: Path, seed: int) -> None:
     """Real shapes-world renders of ``records`` in the corpus layout of ``l2p synthesize`` (the data ablation)."""
     with atomic_directory(corpus, "the real-image corpus") as staging:
         (staging / IMAGES_DIR).mkdir()
@@ -104,7 +104,7 @@ def build_corpus(corpus: Path, teacher_dir: Path, recipe: StudentRecipe) -> Path
         write_prompts(records, str(prompt_file))
     if recipe.data == "real":
         if not (corpus / "metadata.csv").exists():
-            _render_corpus(records, corpus, recipe.seed)
+            render_corpus(records, corpus, recipe.seed)
         return corpus
     settings = SynthesisSettings(
         height=IMAGE_SIZE,
