@@ -7,6 +7,7 @@ Run: .venv/bin/python bench/step_cost.py [--sizes 256 512] [--repeats 3]
 """
 
 import argparse
+import os
 import time
 from typing import Callable
 
@@ -16,6 +17,7 @@ from diffsynth.models.z_image_dit import ZImageDiT
 from diffsynth.pipelines.z_image import model_fn_z_image_turbo
 
 from diffsynth_l2p.models import ZImageL2PDiT
+from diffsynth_l2p.models.backbone import run_time_embedder_in_weight_dtype
 
 BACKBONE = dict(dim=256, n_layers=4, n_refiner_layers=1, n_heads=8, n_kv_heads=8, cap_feat_dim=64,
                 axes_dims=(8, 12, 12), axes_lens=(1024, 128, 128))
@@ -35,11 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dtype = torch.bfloat16  # the stock latent DiT only runs in bf16 (its time embedder hard-casts)
+    torch.set_num_threads(args.threads)
+    dtype = torch.float32  # CPUs without bf16 units emulate bf16 matmuls, several times slower
     pixel = ZImageL2PDiT(**BACKBONE, head_channels=(64, 128, 256, 512)).to(dtype).eval()
-    latent = ZImageDiT(**BACKBONE).to(dtype).eval()
+    latent = run_time_embedder_in_weight_dtype(ZImageDiT(**BACKBONE).to(dtype).eval())
     for model in (pixel, latent):
         for parameter in model.parameters():
             torch.nn.init.normal_(parameter, std=0.02)
@@ -47,6 +51,7 @@ def main() -> None:
     cap = torch.randn(32, BACKBONE["cap_feat_dim"], dtype=dtype)
     timestep = torch.tensor([500.0], dtype=dtype)
 
+    print(f"fp32, {args.threads} torch threads, 1-minute load {os.getloadavg()[0]:.2f}")
     print(f"{'size':>6} {'L2P step':>10} {'latent step':>12} {'VAE decode':>11} {'step ratio':>11} {'head share':>11}")
     with torch.no_grad():
         for size in args.sizes:
