@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/cfg_batching.py [--threads 2] [--repeats 5] [--sizes
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from bench_io import write_results
 
-from diffsynth_l2p.atomic import atomic_open
 from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR
 from diffsynth_l2p.models import ZImageL2PDiT
 from diffsynth_l2p.models.configs import L2P_CONFIGS
@@ -106,10 +105,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         num_images=args.num_images, cfg_scale=args.cfg_scale, load_average_1min=dict(before=load_before,
         after=load_after), cpu_count=os.cpu_count(), torch=torch.__version__, rows=rows,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(args.out / "cfg_batching.json") as handle:
-        json.dump(payload, handle, indent=1)
-    print(f"Wrote {args.out / 'cfg_batching.json'}.")
+    write_results(args.out / "cfg_batching.json", payload)
     return payload
 
 

@@ -12,16 +12,15 @@ Run: .venv/bin/python bench/fp8_memory.py [--config 1k] [--out bench/results]
 
 import argparse
 import contextlib
-import json
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+from bench_io import write_results
 from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 
-from diffsynth_l2p.atomic import atomic_open
 from diffsynth_l2p.models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.loading import FP8_WEIGHT_DTYPE, load_pipeline
@@ -112,10 +111,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         f"{tiny['dit_linear_weight_ratio']:.3f}), text encoder {tiny['text_encoder_ratio']:.3f}; "
         f"the meta prediction {'matches' if tiny['prediction_matches'] else 'DOES NOT match'} the loaded bytes."
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(args.out / "fp8_memory.json") as handle:
-        json.dump(payload, handle, indent=1)
-    print(f"Wrote {args.out / 'fp8_memory.json'}")
+    write_results(args.out / "fp8_memory.json", payload)
     return payload
 
 
