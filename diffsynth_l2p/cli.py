@@ -25,22 +25,32 @@ def _add_convert(sub) -> None:
 
     parser = sub.add_parser(
         "convert",
-        help="turn a latent Z-Image DiT checkpoint into an L2P pixel-space initialisation",
+        help="turn a latent Z-Image DiT (or a 4K/8K L2P checkpoint) into an L2P pixel-space initialisation",
         description=(
             "Convert a latent Z-Image DiT (one file or several shards, e.g. Z-Image-Turbo's transformer/*.safetensors) "
             "into an L2P pixel-space init. Tensors with the same key and shape are copied bit for bit, the latent "
             "patch embedder and all_final_layer are dropped, and the pixel patch embedder and the local_decoder head "
-            "get a fresh init from --seed. The output is re-read and verified before it replaces OUTPUT_PATH."
+            "get a fresh init from --seed. With --from-pixel, a 4K or 8K L2P checkpoint becomes an 8K or 10K init "
+            "instead: tensors whose shape changed are re-initialised, head stages the target lacks are dropped. "
+            "The output is re-read and verified before it replaces OUTPUT_PATH."
         ),
     )
-    parser.add_argument(
-        "--latent_ckpt_files", nargs="+", required=True, metavar="FILE",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--latent_ckpt_files", nargs="+", metavar="FILE",
         help="the latent DiT's safetensors file, or all of its shards",
+    )
+    source.add_argument(
+        "--from-pixel", nargs="+", metavar="FILE", dest="pixel_ckpt_files",
+        help="a 4K or 8K L2P checkpoint (file or shards) to build the --config 8k or 10k init from",
     )
     parser.add_argument("--output_path", required=True, help="the pixel checkpoint to write")
     parser.add_argument(
         "--config", default=None, metavar="NAME",
-        help=f"named L2P config of the output ({', '.join(L2P_CONFIGS)}); default: the one matching the source's sizes",
+        help=(
+            f"named L2P config of the output ({', '.join(L2P_CONFIGS)}); default: the one matching the source's sizes "
+            "(with --from-pixel: required, 8k or 10k)"
+        ),
     )
     parser.add_argument("--seed", type=seed_option(), default=42, help="seed of the new tensors' init (default: 42)")
     parser.add_argument(
@@ -51,9 +61,12 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_latent_to_pixel
+    from .convert import convert_latent_to_pixel, convert_pixel_to_pixel
 
-    report = convert_latent_to_pixel(args.latent_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
+    if args.pixel_ckpt_files:
+        report = convert_pixel_to_pixel(args.pixel_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
+    else:
+        report = convert_latent_to_pixel(args.latent_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
     print(report.summary())
     return 0
 

@@ -5,17 +5,22 @@ kept); the latent patch embedder and ``all_final_layer`` are dropped; the pixel 
 the ``local_decoder`` head get a fresh, seeded default initialisation, stored in float32 as the release
 stores them (a bf16 source would otherwise round the fresh weights before training starts).  Only those new modules are
 ever materialised, so converting the 6B model needs memory for one tensor at a time, not the model.
+
+The same path builds the higher-resolution UHR inits from a lower-resolution pixel checkpoint ("inheritance", as the
+UHR release did: 4K -> 8K or 10K, 8K -> 10K): tensors with the same key and shape are copied, tensors whose key
+stays but whose shape changes are re-initialised, and the head stages and patch embedder the target lacks are dropped.
 """
 
+import functools
 import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
-from .inspection import checkpoint_kind, infer_dit_dims
+from .inspection import PIXEL_MODULE_PREFIXES, checkpoint_kind, infer_dit_dims, l2p_layout_name
 from .models.configs import L2P_CONFIGS
 from .registry import find_registered, meta_model, meta_state_shapes
 from .safetensors_io import (
@@ -35,8 +40,9 @@ from .safetensors_io import (
     write_safetensors,
 )
 
-# Modules the pixel model has in place of the latent ones; everything else must come from the source.
-NEW_MODULE_PREFIXES = ("all_x_embedder.", "local_decoder.")
+# Higher-resolution layouts a pixel checkpoint of each layout can be converted into (``--from-pixel``).
+INHERITANCE = {"4k": ("8k", "10k"), "8k": ("10k",)}
+_INHERITANCE_PAIRS = ", ".join(f"{source} -> {target}" for source, targets in INHERITANCE.items() for target in targets)
 # Repeated transformer blocks of a Z-Image DiT: every block of one module has the same tensors.
 _BLOCK_KEY = re.compile(r"^(?P<module>layers|noise_refiner|context_refiner)\.(?P<index>\d+)\.(?P<tensor>.+)$")
 # Hugging Face shard names: <stem>-00001-of-00003.safetensors.
@@ -52,11 +58,17 @@ class ConversionPlan:
     config_name: Optional[str]
     kwargs: Dict[str, Any]  # ZImageL2PDiT constructor kwargs of the output
     copied: Tuple[str, ...]
-    new: Tuple[str, ...]  # initialised fresh
+    new: Tuple[str, ...]  # absent from the source, initialised fresh
     dropped: Tuple[str, ...]  # source tensors not in the output
     shape_mismatches: Tuple[Tuple[str, Tuple[int, ...], Tuple[int, ...]], ...]  # (key, source, output); re-initialised
     output_layout: Layout
     output_hash: str
+    source_layout: Optional[str] = None  # named layout of a pixel source (``--from-pixel``); None for a latent one
+
+    @property
+    def reinitialised(self) -> Tuple[str, ...]:
+        """Keys the source has in another shape: initialised fresh like ``new``."""
+        return tuple(key for key, _, _ in self.shape_mismatches)
 
 
 def _describe(dims: Mapping[str, int]) -> str:
@@ -133,12 +145,18 @@ def left_out_shards(paths: Sequence[str]) -> List[str]:
     ]
 
 
-def _check_source(source: Layout) -> Dict[str, int]:
+def _check_source(source: Layout, from_pixel: bool = False) -> Dict[str, int]:
+    """The sizes of a complete latent DiT (or, ``from_pixel``, a complete pixel L2P DiT) with header ``source``."""
     kind = checkpoint_kind(source)
-    if kind == "pixel":
+    if kind == "pixel" and not from_pixel:
         raise ValueError(
             "The input is already a pixel L2P checkpoint (it has local_decoder.* tensors); nothing to convert. "
-            "Load it directly, or run `l2p inspect` on it."
+            "Load it directly, run `l2p inspect` on it, or pass it with --from-pixel to build an 8K/10K init from it."
+        )
+    if kind == "latent" and from_pixel:
+        raise ValueError(
+            "The input is a latent Z-Image DiT, not a pixel L2P checkpoint; convert it with --latent_ckpt_files "
+            "instead of --from-pixel."
         )
     incomplete = incomplete_blocks(list(source))
     if incomplete:
@@ -148,7 +166,12 @@ def _check_source(source: Layout) -> Dict[str, int]:
             "checkpoint's *.safetensors files."
         )
     dims = infer_dit_dims({key: info.shape for key, info in source.items()})
-    if kind != "latent" or dims is None:
+    if from_pixel and (kind != "pixel" or dims is None):
+        raise ValueError(
+            "The input is not a pixel L2P checkpoint (expected x_pad_token, layers.*, local_decoder.* tensors); "
+            "pass all file(s) of a 4K or 8K L2P checkpoint."
+        )
+    if not from_pixel and (kind != "latent" or dims is None):
         raise ValueError(
             "The input is not a latent Z-Image DiT checkpoint (expected x_pad_token, layers.*, all_final_layer.* "
             "tensors); pass the transformer file(s) of Z-Image, e.g. Z-Image-Turbo's transformer/*.safetensors."
@@ -163,6 +186,37 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: torch.dtype
     source's sizes.  New tensors are stored in ``dtype`` (default: float32, like the release).
     """
     config_name, kwargs = _resolve_config(config, _check_source(source))
+    return _plan(source, config_name, kwargs, dtype)
+
+
+def plan_inheritance(source: Layout, config: ConfigArg, dtype: torch.dtype = torch.float32) -> ConversionPlan:
+    """Plan building the higher-resolution ``ZImageL2PDiT(**config)`` from the pixel L2P checkpoint ``source``.
+
+    ``config`` is ``"8k"``, ``"10k"`` or kwargs of one of their layouts with the source's backbone sizes; the source
+    must have the 4K layout (or 8K, for a 10K target).  New and re-initialised tensors are stored in ``dtype``.
+    """
+    dims = _check_source(source, from_pixel=True)
+    if config is None:
+        raise ValueError("Converting a pixel checkpoint needs the target layout: pass --config 8k or --config 10k.")
+    config_name, kwargs = _resolve_config(config, dims)
+    source_layout, target_layout = l2p_layout_name(source), l2p_layout_name(meta_state_shapes(**kwargs))
+    if target_layout not in INHERITANCE.get(source_layout or "", ()):
+        raise ValueError(
+            f"Cannot build a {target_layout or 'custom'}-layout init from a {source_layout or 'custom'}-layout pixel "
+            f"checkpoint; --from-pixel converts {_INHERITANCE_PAIRS}: pass a 4K or 8K checkpoint and --config 8k "
+            "or 10k."
+        )
+    return _plan(source, config_name, kwargs, dtype, source_layout)
+
+
+def _plan(
+    source: Layout,
+    config_name: Optional[str],
+    kwargs: Dict[str, Any],
+    dtype: torch.dtype,
+    source_layout: Optional[str] = None,
+) -> ConversionPlan:
+    """Copy every tensor of ``ZImageL2PDiT(**kwargs)`` the source has in the same shape, initialise the others."""
     target = meta_state_shapes(**kwargs)
     mismatches = tuple(
         (key, source[key].shape, shape) for key, shape in target.items() if key in source and source[key].shape != shape
@@ -170,7 +224,7 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: torch.dtype
     missing_core = [
         key
         for key, shape in target.items()
-        if not key.startswith(NEW_MODULE_PREFIXES) and (key not in source or source[key].shape != shape)
+        if not key.startswith(PIXEL_MODULE_PREFIXES) and (key not in source or source[key].shape != shape)
     ]
     if missing_core:
         raise ValueError(
@@ -179,7 +233,7 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: torch.dtype
         )
     new_dtype = DTYPE_NAMES[dtype]
     copied = tuple(key for key, shape in target.items() if key in source and source[key].shape == shape)
-    new = tuple(key for key in target if key not in copied)
+    new = tuple(key for key in target if key not in source)
     layout = {key: source[key] if key in copied else TensorInfo(new_dtype, shape) for key, shape in target.items()}
     return ConversionPlan(
         config_name=config_name,
@@ -190,13 +244,18 @@ def plan_conversion(source: Layout, config: ConfigArg = None, dtype: torch.dtype
         shape_mismatches=mismatches,
         output_layout=layout,
         output_hash=layout_hash(layout),
+        source_layout=source_layout,
     )
 
 
 def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Tensor]:
-    """Default (``reset_parameters``) init of the modules owning ``plan.new``, on CPU, reproducible from ``seed``."""
+    """Default (``reset_parameters``) init of ``plan.new`` and ``plan.reinitialised`` on CPU, reproducible by seed.
+
+    Each module owning such a tensor is initialised whole; only those tensors are kept (a re-initialised conv weight's
+    bias, when its shape stays, is copied from the source).
+    """
     model = meta_model(**plan.kwargs)
-    new = set(plan.new)
+    new = set(plan.new) | set(plan.reinitialised)
     tensors: Dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -221,7 +280,7 @@ def _group(keys: Tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class ConversionReport:
-    """Result of ``convert_latent_to_pixel``; ``summary()`` is what ``l2p convert`` prints."""
+    """Result of the ``convert_*`` functions; ``summary()`` is what ``l2p convert`` prints."""
 
     sources: Tuple[str, ...]
     output_path: str
@@ -234,19 +293,17 @@ class ConversionReport:
     def summary(self) -> str:
         plan = self.plan
         config = plan.config_name or f"custom {plan.kwargs}"
+        origin = f", from a {plan.source_layout} pixel checkpoint" if plan.source_layout else ""
         registered = ", ".join(self.registered_names) or "not registered (use registry.register_l2p_dit(**kwargs))"
         lines = [
             f"{'Dry run: would convert' if self.dry_run else 'Converted'} {', '.join(self.sources)}",
-            f"  -> {self.output_path} (L2P config {config})",
+            f"  -> {self.output_path} (L2P config {config}{origin})",
             f"  copied   {len(plan.copied)} tensors" + ("" if self.dry_run else " (verified bit-identical)"),
+            f"  re-initialised {len(plan.shape_mismatches)} tensors (same key, shape changed), seed {self.seed}"
+            + (":" if plan.shape_mismatches else ""),
+            *(f"    {key} {list(old)} -> {list(new)}" for key, old, new in plan.shape_mismatches),
             f"  new      {len(plan.new)} tensors, seed {self.seed}: {_group(plan.new)}",
             f"  dropped  {len(plan.dropped)} tensors: {_group(plan.dropped)}",
-        ]
-        lines += [
-            f"  re-initialised (shape changed): {key} {list(old)} -> {list(new)}"
-            for key, old, new in plan.shape_mismatches
-        ]
-        lines += [
             f"  {'predicted hash' if self.dry_run else 'output hash'}: {self.output_hash}",
             f"  DiffSynth model: {registered}",
         ]
@@ -263,23 +320,18 @@ def _verify(output_path: str, plan: ConversionPlan, source: Mapping[str, torch.T
                 raise RuntimeError(f"Verification failed: {key} in {output_path} differs from what was written.")
 
 
-def convert_latent_to_pixel(
-    latent_files: PathOrPaths,
+def _convert(
+    files: PathOrPaths,
     output_path: Union[str, os.PathLike],
-    config: ConfigArg = None,
-    seed: int = 42,
-    dry_run: bool = False,
-    dtype: torch.dtype = torch.float32,
+    planner: Callable[[Layout], ConversionPlan],
+    seed: int,
+    dry_run: bool,
 ) -> ConversionReport:
-    """Convert a latent Z-Image DiT (one file or shards) into an L2P pixel init at ``output_path``.
-
-    The output is written to a temporary file, re-read and checked tensor by tensor against the
-    source and the fresh init, and only then moved into place.  ``dry_run`` reads headers only.
-    """
-    sources = as_path_list(latent_files)
+    """Plan from the headers of ``files``, then write, verify and move the output into place (unless ``dry_run``)."""
+    sources = as_path_list(files)
     output = check_output_path(output_path, sources)
     try:
-        plan = plan_conversion(read_headers(sources), config, dtype)
+        plan = planner(read_headers(sources))
     except ValueError as error:
         left_out = left_out_shards(sources)
         if not left_out:
@@ -304,3 +356,36 @@ def convert_latent_to_pixel(
         output_hash=output_hash,
         registered_names=tuple(entry["model_name"] for entry in find_registered(output_hash)),
     )
+
+
+def convert_latent_to_pixel(
+    latent_files: PathOrPaths,
+    output_path: Union[str, os.PathLike],
+    config: ConfigArg = None,
+    seed: int = 42,
+    dry_run: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> ConversionReport:
+    """Convert a latent Z-Image DiT (one file or shards) into an L2P pixel init at ``output_path``.
+
+    The output is written to a temporary file, re-read and checked tensor by tensor against the
+    source and the fresh init, and only then moved into place.  ``dry_run`` reads headers only.
+    """
+    planner = functools.partial(plan_conversion, config=config, dtype=dtype)
+    return _convert(latent_files, output_path, planner, seed, dry_run)
+
+
+def convert_pixel_to_pixel(
+    pixel_files: PathOrPaths,
+    output_path: Union[str, os.PathLike],
+    config: ConfigArg,
+    seed: int = 42,
+    dry_run: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> ConversionReport:
+    """Build a higher-resolution UHR init (4K -> 8K or 10K, 8K -> 10K) from a pixel L2P checkpoint (file or shards).
+
+    See ``plan_inheritance``; written, verified and moved into place like ``convert_latent_to_pixel``.
+    """
+    planner = functools.partial(plan_inheritance, config=config, dtype=dtype)
+    return _convert(pixel_files, output_path, planner, seed, dry_run)

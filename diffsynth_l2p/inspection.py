@@ -4,7 +4,7 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from diffsynth.models.z_image_dit import ZImageDiT
 
@@ -13,6 +13,8 @@ from .registry import Shapes, find_registered, meta_state_shapes
 from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
 
 LATENT_LAYOUT = "latent Z-Image DiT"
+# The modules an L2P checkpoint has in place of the latent DiT's (and whose names tell its layout apart).
+PIXEL_MODULE_PREFIXES = ("all_x_embedder.", "local_decoder.")
 _SHOWN_KEYS = 8
 
 
@@ -30,6 +32,16 @@ def checkpoint_kind(layout: Mapping[str, Any]) -> Optional[str]:
         return "pixel"
     if "x_pad_token" in layout and any(key.startswith("all_final_layer.") for key in layout):
         return "latent"
+    return None
+
+
+def l2p_layout_name(keys: Iterable[str]) -> Optional[str]:
+    """The named L2P config whose patch embedder and head tensor names ``keys`` has, whatever the widths."""
+    pixel = {key for key in keys if key.startswith(PIXEL_MODULE_PREFIXES)}
+    for name in L2P_CONFIGS:
+        expected = expected_layouts()[f"L2P {name}"]
+        if pixel == {key for key in expected if key.startswith(PIXEL_MODULE_PREFIXES)}:
+            return name
     return None
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffsynth.core import hash_state_dict_keys
 from diffsynth.diffusion import FlowMatchScheduler
+from tiny_checkpoints import SMALL_BACKBONE
 
 from diffsynth_l2p.cli import main
 from diffsynth_l2p.generate import read_png_parameters
@@ -39,10 +40,6 @@ HEAD_10K = [
 RELEASED_HEADS = {"4k": (64, HEAD_4K), "8k": (128, HEAD_8K), "10k": (160, HEAD_10K)}
 
 # Small versions of the UHR heads on a small backbone: same names, structure and patch sizes.
-SMALL_BACKBONE = dict(
-    dim=32, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
-    axes_dims=(4, 6, 6), axes_lens=(64, 16, 16),
-)
 SMALL_HEADS = {
     "4k": dict(head_channels=(2, 4, 4, 8, 8, 8)),
     "8k": dict(head_channels=(3, 2, 4, 4, 8, 8, 8), head_decoder_channels=(2, 2, 4, 4, 8, 8, 8)),

@@ -21,6 +21,12 @@ TINY_LATENT_KWARGS = {
 }
 TINY_LATENT_KWARGS.update(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16)
 
+# A small Z-Image backbone for the UHR heads' small versions (tests/test_uhr_models.py, test_convert_from_pixel.py).
+SMALL_BACKBONE = dict(
+    dim=32, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+    axes_dims=(4, 6, 6), axes_lens=(64, 16, 16),
+)  # fmt: skip
+
 _DTYPE_BYTES = {"BF16": 2, "F32": 4}
 
 
