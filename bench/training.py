@@ -1,6 +1,6 @@
 """Training throughput of the tiny model (fp32, CPU) and the real-size optimizer + gradient memory per preset.
 
-Throughput: the project's trainer pieces (``build_training_module``, ``make_optimizer``, ``L2PImageDataset``,
+Throughput: the project's trainer pieces (``build_training_module``, ``make_optimizer``, ``training_dataset``,
 ``bucket_batches``, ``collate``) on a corpus of shapes-world renders written to a temporary folder in the
 ``l2p synthesize`` layout; each step is forward + backward + AdamW step, fp32 (``mixed_precision: no``), with the
 trainer's defaults (gradient checkpointing on, seeded noise). Reports the median step time after --warmup steps,
@@ -27,10 +27,17 @@ from bench_io import write_results
 from diffsynth_l2p.models.configs import L2P_CONFIGS
 from diffsynth_l2p.registry import meta_model
 from diffsynth_l2p.tiny_world.student import render_corpus, training_records
-from diffsynth_l2p.training.dataset import L2PImageDataset, bucket_batches, collate
+from diffsynth_l2p.training.dataset import bucket_batches, collate
 from diffsynth_l2p.training.memory import GIB, memory_report
 from diffsynth_l2p.training.presets import resolve_trainable
-from diffsynth_l2p.training.trainer import TrainConfig, build_training_module, make_optimizer, training_precision
+from diffsynth_l2p.training.trainer import (
+    TrainConfig,
+    build_training_module,
+    make_optimizer,
+    resolve_defaults,
+    training_dataset,
+    training_precision,
+)
 
 OUT = Path(__file__).resolve().parent / "results" / "training.json"
 
@@ -46,8 +53,10 @@ def throughput(corpus: Path, steps: int, warmup: int, batch_size: int, preset: s
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     accelerator = Accelerator(mixed_precision="no", cpu=True)
     with tempfile.TemporaryDirectory() as output:
-        config = TrainConfig(dataset=str(corpus), output_path=output, preset=preset, batch_size=batch_size)
-        dataset = L2PImageDataset(config.dataset, config.max_pixels)
+        config = resolve_defaults(
+            TrainConfig(dataset=str(corpus), output_path=output, preset=preset, batch_size=batch_size)
+        )
+        dataset = training_dataset(config)
         model = build_training_module(config, accelerator, dataset.prompts, training_precision(accelerator))
     optimizer = make_optimizer(accelerator, model, config)
     batches = [collate([dataset[i] for i in indices])

@@ -9,7 +9,10 @@ ones whose meta-device hash equals the published hash (each was the single match
 
 Each configuration also carries its sampling defaults, which ``ZImageL2PPipeline``, ``l2p generate`` and the demo
 use unless the caller overrides them: the 1K release's (30 steps, CFG 2.0, shift by resolution) and the UHR
-release's (50 steps, CFG 4.0, the scheduler's shift 3 at every size).
+release's (50 steps, CFG 4.0, the scheduler's shift 3 at every size). It also carries the training defaults that
+``l2p train`` and ``TrainConfig`` use unless given: the 1K release's (timesteps over a 500-step schedule, noise seeded
+per image, sides in multiples of 16, at most 1024x1024 pixels) and the UHR release's (a 1000-step schedule, fresh
+noise, sides in multiples of 64 or the head's size step, up to the native size).
 """
 
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from ..validation import DEFAULT_MAX_PIXELS  # the 1K, 4K and tiny cap; 8K and 1
 
 # The UHR release samples with 50 steps, CFG 4.0 and the scheduler's default shift at every resolution.
 UHR_SAMPLING = dict(default_steps=50, default_cfg_scale=4.0, default_sigma_shift=3.0)
+# The UHR release trains on timesteps uniform over a 1000-step schedule with fresh (unseeded) noise.
+UHR_TRAINING = dict(train_num_timesteps=1000, train_noise="fresh")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class L2PConfig:
 
     ``default_sigma_shift=None`` means the pipeline's resolution rule (``default_sigma_shift(height, width)``);
     ``size_step`` is what image sides must be multiples of; ``max_pixels`` is the pipeline's pixel cap.
+    The ``train_*`` fields are the training defaults (schedule length, noise mode, side multiple, pixel limit).
     """
 
     kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -39,6 +45,20 @@ class L2PConfig:
     default_seed: int = 42
     size_step: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
+    train_num_timesteps: int = 500
+    train_noise: str = "seed"
+    train_size_multiple: int = 16
+    train_max_pixels: int = 1024 * 1024
+
+    def training_settings(
+        self, noise: Optional[str] = None, num_timesteps: Optional[int] = None, max_pixels: Optional[int] = None
+    ) -> Dict[str, Any]:
+        """``noise``, ``num_timesteps`` and ``max_pixels`` as given, each ``None`` replaced by this config's default."""
+        return dict(
+            noise=self.train_noise if noise is None else noise,
+            num_timesteps=self.train_num_timesteps if num_timesteps is None else num_timesteps,
+            max_pixels=self.train_max_pixels if max_pixels is None else max_pixels,
+        )
 
     def layout(self) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
         """The patch sizes and head stage names: what tells the UHR heads apart whatever the backbone's width."""
@@ -63,7 +83,10 @@ L2P_4K = L2PConfig(
     default_height=4096,
     default_width=4096,
     size_step=64,
+    train_size_multiple=64,
+    train_max_pixels=4096 * 4096,
     **UHR_SAMPLING,
+    **UHR_TRAINING,
 )
 
 # 8K: the 4K head wrapped in one more stage (enc_8k 3->3, up_8k 16->16, dec_8k 16+3->16).
@@ -79,7 +102,10 @@ L2P_8K = L2PConfig(
     default_width=8192,
     size_step=128,
     max_pixels=8192 * 8192,
+    train_size_multiple=128,  # lcm of the release's 64 and the head's size step
+    train_max_pixels=8192 * 8192,
     **UHR_SAMPLING,
+    **UHR_TRAINING,
 )
 
 # 10K: no enc4/up4/dec4; the bottleneck (256+3840->512) sits on a 160x160 grid and the 64x64 DiT
@@ -97,7 +123,10 @@ L2P_10K = L2PConfig(
     default_width=10240,
     size_step=320,  # lcm of the patch size 160 and the head's stride 64
     max_pixels=10240 * 10240,
+    train_size_multiple=320,  # lcm of the release's 64 and the head's size step
+    train_max_pixels=10240 * 10240,
     **UHR_SAMPLING,
+    **UHR_TRAINING,
 )
 
 L2P_TINY = L2PConfig(
@@ -129,6 +158,19 @@ def config_for_kwargs(kwargs: Dict[str, Any]) -> L2PConfig:
         if config.layout() == layout_of(kwargs):
             return config
     return L2P_1K
+
+
+def config_name(config: L2PConfig) -> str:
+    """The name of ``config`` in :data:`L2P_CONFIGS`."""
+    return next(name for name, named in L2P_CONFIGS.items() if named is config)
+
+
+def named_config(name: str) -> L2PConfig:
+    """``L2P_CONFIGS[name]``, or a one-line error naming the choices."""
+    if name not in L2P_CONFIGS:
+        raise ValueError(f"Unknown config {name!r}; choose one of {', '.join(L2P_CONFIGS)}.")
+    return L2P_CONFIGS[name]
+
 
 # The tiny model sets' Qwen3 text encoder (``models/text_encoder.py``): hidden size = the tiny DiT's caption width;
 # the vocabulary is the tiny word-level tokenizer's (``tiny.VOCABULARY``).

@@ -24,7 +24,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training options (DiffSynth's spellings where they exist) to ``parser``."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_base_path", "--dataset", dest="dataset", help="folder with images + metadata.csv")
-    data.add_argument("--max_pixels", type=int, default=1024 * 1024, help="resize images to at most this many pixels")
+    data.add_argument("--max_pixels", type=int, help="resize images to at most this many pixels (default: config's)")
     data.add_argument("--dataset_num_workers", dest="num_workers", type=int, default=0, help="DataLoader workers")
     data.add_argument(
         "--cache_text_embeddings",
@@ -58,9 +58,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     optim.add_argument("--batch_size", type=int, default=1, help="images per micro-batch and process (same size)")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--noise", choices=NOISE_MODES, default="seed", help="per-image seeded or fresh noise")
-    optim.add_argument("--shift", type=float, default=3.0, help="training schedule shift (release: 3)")
-    optim.add_argument("--num_timesteps", type=int, default=500, help="training schedule length (release: 500)")
+    optim.add_argument("--noise", choices=NOISE_MODES, help="per-image seeded or fresh noise (default: config's)")
+    optim.add_argument("--shift", type=float, default=3.0, help="training schedule shift (releases: 3)")
+    optim.add_argument("--num_timesteps", type=int, help="training schedule length (default: config's)")
     optim.add_argument("--seed", type=int, default=0, help="seed of data order, timesteps and fresh noise")
     optim.add_argument(
         "--no_gradient_checkpointing",
@@ -79,9 +79,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry_run",
         dest="dry_run",
         action="store_true",
-        help="print parameter counts and training memory of the preset at --config on the meta device, then exit",
+        help="print parameter counts, training memory and training settings of the preset at --config on the meta "
+        "device, then exit",
     )
-    parser.add_argument("--config", default="1k", help="named L2P config for --dry-run (default: 1k, the 6B model)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="named L2P config (1k, 4k, 8k, 10k, tiny) whose training defaults apply (--noise, --num_timesteps, "
+        "--max_pixels: 1k seed/500/1024^2, UHR fresh/1000/native); default: the --model DiT's (--dry-run: 1k)",
+    )
 
 
 def _model_paths(args: argparse.Namespace) -> Optional[Union[str, List[str]]]:
@@ -123,7 +129,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
         from .memory import dry_run
 
         trainable = [p for p in args.trainable.split(",") if p.strip()] if args.trainable else None
-        print(dry_run(args.config, args.preset, trainable))
+        settings = dict(noise=args.noise, num_timesteps=args.num_timesteps, max_pixels=args.max_pixels)
+        print(dry_run(args.config or "1k", args.preset, trainable, settings, args.shift))
         return {}
     from .trainer import train
 

@@ -1,9 +1,10 @@
 """Training data: a folder of images with ``metadata.csv`` / ``.jsonl`` / ``.json`` rows ``image,prompt,seed``.
 
 The release's code reads ``image, prompt, seed``; its README says ``file_name, text``; both spellings work.
-Images are resized to at most ``max_pixels`` with both sides floored to multiples of 16 (DiffSynth's
-``ImageCropAndResize``). Rows whose image is missing or unreadable are skipped and counted when the dataset is
-built, so a bad file never stops a run hours in; images outside the dataset folder are an error.
+Images are resized to at most ``max_pixels`` with both sides floored to multiples of ``size_multiple`` (DiffSynth's
+``ImageCropAndResize``; the config's ``train_size_multiple``: 16 for 1K, 64 or more for UHR). Rows whose image is
+missing or unreadable are skipped and counted when the dataset is built, so a bad file never stops a run hours in;
+images outside the dataset folder are an error.
 """
 
 import csv
@@ -24,7 +25,7 @@ from ..validation import check_seed
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl", "metadata.json")
 COLUMN_ALIASES = {"image": ("image", "file_name"), "prompt": ("prompt", "text")}
-DIVISION_FACTOR = 16
+DIVISION_FACTOR = 16  # the 1K release's side multiple
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,17 @@ def image_path_inside(folder: str, relative: str) -> str:
 
 
 def scan_samples(
-    folder: str, rows: Sequence[Dict[str, str]], max_pixels: int, require_seed: bool
+    folder: str,
+    rows: Sequence[Dict[str, str]],
+    max_pixels: int,
+    require_seed: bool,
+    size_multiple: int = DIVISION_FACTOR,
 ) -> Tuple[List[Sample], List[str]]:
     """Usable samples and one message per skipped row (missing, unreadable or too small image; bad seed)."""
     if not rows:
         raise ValueError(f"The dataset in {folder!r} has no rows; add image,prompt,seed rows to its metadata.")
     columns = resolve_columns(list(rows[0].keys()), require_seed)
-    resize = ImageCropAndResize(None, None, max_pixels, DIVISION_FACTOR, DIVISION_FACTOR)
+    resize = ImageCropAndResize(None, None, max_pixels, size_multiple, size_multiple)
     samples, skipped = [], []
     for number, row in enumerate(rows, start=1):
         relative = _row_value(row, columns["image"], number, str)
@@ -158,7 +163,7 @@ def scan_samples(
             skipped.append(f"row {number} ({relative!r}): {error}")
             continue
         if height == 0 or width == 0:
-            skipped.append(f"row {number} ({relative!r}): smaller than {DIVISION_FACTOR} px")
+            skipped.append(f"row {number} ({relative!r}): smaller than {size_multiple} px")
             continue
         samples.append(Sample(path, prompt, seed, height, width))
     if not samples:
@@ -174,11 +179,18 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 class L2PImageDataset(torch.utils.data.Dataset):
     """Items ``{"image": [3,H,W] in [-1,1], "prompt", "seed", "index"}``; ``skipped`` lists the unusable rows."""
 
-    def __init__(self, folder: str, max_pixels: int = 1024 * 1024, require_seed: bool = True) -> None:
+    def __init__(
+        self,
+        folder: str,
+        max_pixels: int = 1024 * 1024,
+        require_seed: bool = True,
+        size_multiple: int = DIVISION_FACTOR,
+    ) -> None:
         self.folder = folder
         self.metadata_path = find_metadata(folder)
-        self.samples, self.skipped = scan_samples(folder, read_metadata(self.metadata_path), max_pixels, require_seed)
-        self.resize = ImageCropAndResize(None, None, max_pixels, DIVISION_FACTOR, DIVISION_FACTOR)
+        rows = read_metadata(self.metadata_path)
+        self.samples, self.skipped = scan_samples(folder, rows, max_pixels, require_seed, size_multiple)
+        self.resize = ImageCropAndResize(None, None, max_pixels, size_multiple, size_multiple)
 
     def __len__(self) -> int:
         return len(self.samples)

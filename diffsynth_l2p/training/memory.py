@@ -14,7 +14,7 @@ Memory model, in bytes per parameter (activations and communication buckets excl
 """
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -137,16 +137,39 @@ def format_report(report: MemoryReport, config_name: str) -> str:
     return "\n".join(lines)
 
 
-def dry_run(config_name: str = "1k", preset: Optional[str] = None, patterns: Optional[Sequence[str]] = None) -> str:
-    """Build the named L2P config (and the Qwen3-4B text encoder) on the meta device and format the memory table."""
+def format_settings(noise: str, num_timesteps: int, max_pixels: int, shift: float, size_multiple: int) -> str:
+    """The dry run's line on the noise, timestep schedule and image sizes a run would use."""
+    noise_text = "noise seeded per image" if noise == "seed" else "fresh noise"
+    return (
+        f"  training: timesteps uniform over a {num_timesteps}-step schedule (shift {shift:g}), {noise_text}, "
+        f"image sides multiples of {size_multiple}, at most {max_pixels:,} pixels"
+    )
+
+
+def dry_run(
+    config_name: str = "1k",
+    preset: Optional[str] = None,
+    patterns: Optional[Sequence[str]] = None,
+    settings: Optional[Mapping[str, Optional[object]]] = None,
+    shift: float = 3.0,
+) -> str:
+    """Build the named L2P config (and the Qwen3-4B text encoder) on the meta device and format the memory table.
+
+    ``settings`` (``noise``, ``num_timesteps``, ``max_pixels``; ``None`` = the config's default) fill the last line.
+    """
     from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 
-    from ..models.configs import L2P_CONFIGS
+    from ..models.configs import named_config
     from ..registry import meta_model
 
-    if config_name not in L2P_CONFIGS:
-        raise ValueError(f"Unknown config {config_name!r}; choose one of {', '.join(L2P_CONFIGS)}.")
-    model = meta_model(**L2P_CONFIGS[config_name].kwargs)
+    config = named_config(config_name)
+    model = meta_model(**config.kwargs)
     text_encoder = meta_model(ZImageTextEncoder) if config_name != "tiny" else None
     trainable = resolve_trainable((name for name, _ in model.named_parameters()), preset, patterns)
-    return format_report(memory_report(model, trainable, text_encoder), config_name)
+    resolved = config.training_settings(**(settings or {}))
+    return "\n".join(
+        [
+            format_report(memory_report(model, trainable, text_encoder), config_name),
+            format_settings(**resolved, shift=shift, size_multiple=config.train_size_multiple),
+        ]
+    )

@@ -6,7 +6,7 @@ drawn per image instead of from the global RNG, so that noise can be seeded by e
 exactly reproducible. Seeded noise is what this pipeline
 draws for that seed at the image's pixel shape; the source model drew latent-shaped noise from the same seed, a
 different tensor, so it is tied to the image by seed only. Timesteps are uniform over the training schedule (500
-steps, shift 3 in the release).
+steps, shift 3 in the 1K release; 1000 steps, shift 3 with fresh noise in the UHR release).
 """
 
 import hashlib

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..atomic import apply_umask, atomic_open
+from ..models.configs import config_name, named_config
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
 from .arguments import LOG_FORMATS, check_noise_mode
@@ -56,10 +57,11 @@ class TrainConfig:
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     save_steps: int = 5000
-    max_pixels: int = 1024 * 1024
-    noise: str = "seed"
+    config: Optional[str] = None  # named L2P config whose training defaults apply; None = the DiT file's
+    max_pixels: Optional[int] = None  # None (like noise and num_timesteps) = the config's training default
+    noise: Optional[str] = None
     shift: float = 3.0
-    num_timesteps: int = 500
+    num_timesteps: Optional[int] = None
     seed: int = 0
     use_gradient_checkpointing: bool = True
     cache_text_embeddings: bool = False
@@ -90,18 +92,23 @@ class TrainState:
 
 def check_config(config: TrainConfig) -> None:
     """Reject bad settings and an unwritable output folder before anything is loaded."""
-    for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "num_timesteps"):
+    for name in ("batch_size", "gradient_accumulation_steps", "save_steps"):
         check_int(getattr(config, name), f"--{name}")
-    if config.max_steps is not None:
-        check_int(config.max_steps, "--max_steps")
-    check_int(config.max_pixels, "--max_pixels", minimum=DIVISION_FACTOR * DIVISION_FACTOR)
+    for name in ("max_steps", "num_timesteps"):  # None: one epoch, the config's default
+        if getattr(config, name) is not None:
+            check_int(getattr(config, name), f"--{name}")
+    if config.max_pixels is not None:
+        check_int(config.max_pixels, "--max_pixels", minimum=DIVISION_FACTOR * DIVISION_FACTOR)
+    if config.config is not None:
+        named_config(config.config)
     check_int(config.num_workers, "--dataset_num_workers", minimum=0)
     check_float(config.learning_rate, "--learning_rate")
     check_float(config.weight_decay, "--weight_decay")
     check_float(config.shift, "--shift", inclusive=False)
     # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
     check_int(config.seed, "--seed", minimum=0, maximum=2**32 - 1)
-    check_noise_mode(config.noise)
+    if config.noise is not None:
+        check_noise_mode(config.noise)
     if config.log is not None and config.log not in LOG_FORMATS:
         raise ValueError(f"--log must be one of {', '.join(LOG_FORMATS)}, got {config.log!r}.")
     if config.log == "tensorboard":
@@ -111,6 +118,36 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError("--log tensorboard needs the tensorboard package: pip install tensorboard.") from error
     check_output_dir(config.output_path, "--output_path folder")
     check_not_an_input(config.output_path, [config.dataset], "--output_path folder")
+
+
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with its L2P config name (given, else the DiT file's) and that config's unset training defaults.
+
+    A named config must have the DiT file's head layout; explicit noise, schedule length and pixel limit win.
+    """
+    from ..pipelines.loading import native_config, resolve_model_files
+
+    native = native_config(resolve_model_files(config.model)["dit"])
+    named = native if config.config is None else named_config(config.config)
+    if named.layout() != native.layout():
+        raise ValueError(
+            f"--config {config.config} does not fit the DiT file, whose head has the {config_name(native)} layout; "
+            f"drop --config or pass --config {config_name(native)}."
+        )
+    settings = named.training_settings(config.noise, config.num_timesteps, config.max_pixels)
+    smallest = named.train_size_multiple**2
+    if settings["max_pixels"] < smallest:
+        raise ValueError(
+            f"--max_pixels must be at least {smallest} for config {config_name(named)} (image sides are multiples of "
+            f"{named.train_size_multiple}), got {settings['max_pixels']}."
+        )
+    return replace(config, config=config_name(named), **settings)
+
+
+def training_dataset(config: TrainConfig) -> L2PImageDataset:
+    """The run's images, sized by its resolved config (``resolve_defaults``)."""
+    size_multiple = named_config(config.config).train_size_multiple
+    return L2PImageDataset(config.dataset, config.max_pixels, config.noise == "seed", size_multiple)
 
 
 def find_state(output_path: str, resume: str) -> str:
@@ -243,6 +280,7 @@ def build_training_module(
 def train(config: TrainConfig) -> dict:
     """Run (or resume) a training run; return a summary dict (also printed as the final line)."""
     check_config(config)
+    config = resolve_defaults(config)
     # --trainable patterns may select tensors a forward pass never reaches; DDP must not wait for their gradients.
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(
@@ -250,7 +288,7 @@ def train(config: TrainConfig) -> dict:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         kwargs_handlers=[unused],
     )
-    dataset = L2PImageDataset(config.dataset, config.max_pixels, require_seed=config.noise == "seed")
+    dataset = training_dataset(config)
     if accelerator.is_main_process and dataset.skipped:
         total = len(dataset.skipped) + len(dataset)
         print(f"Skipped {len(dataset.skipped)} of {total} rows:", *dataset.skipped, sep="\n  ")
