@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffsynth.models.model_loader import ModelPool
 from safetensors.torch import load_file, save_file
-from tiny_checkpoints import SMALL_BACKBONE, save_sharded, tiny_latent_state_dict, write_header_only
+from tiny_checkpoints import SMALL_BACKBONE, narrow_uhr_kwargs, save_sharded, tiny_latent_state_dict, write_header_only
 
 from diffsynth_l2p.cli import main
 from diffsynth_l2p.convert import convert_latent_to_pixel, convert_pixel_to_pixel, init_new_tensors
@@ -17,30 +17,10 @@ from diffsynth_l2p.registry import L2P_DIT_MODEL_NAME, meta_hash, meta_state_sha
 from diffsynth_l2p.safetensors_io import same_bits
 from diffsynth_l2p.tiny import init_weights
 
-# Narrow UHR heads whose stages keep their widths from 4K to 8K to 10K, as the released heads do (4K: 16 ... 512,
-# 8K: the 4K head wrapped in a 3-channel stage, 10K: no stage 4, a 512-wide bottleneck on stage 3's 256 channels).
-NARROW_HEADS = {
-    "4k": dict(head_channels=(2, 4, 4, 8, 8, 16)),
-    "8k": dict(head_channels=(3, 2, 4, 4, 8, 8, 16), head_decoder_channels=(2, 2, 4, 4, 8, 8, 16)),
-    "10k": dict(
-        head_channels=(3, 2, 4, 4, 8, 8), head_decoder_channels=(2, 2, 4, 4, 8, 8), head_bottleneck_channels=16
-    ),
-}
 PAIRS = [("4k", "8k"), ("4k", "10k"), ("8k", "10k")]
 REINITIALISED_10K = {"local_decoder.bottleneck.0.weight", "local_decoder.up3.1.weight"}
 PATCH = {"4k": 64, "8k": 128, "10k": 160}
 WRAPPER = {"8k": "_8k", "10k": "_10k_a"}
-
-
-def narrow_kwargs(name: str) -> dict:
-    """``ZImageL2PDiT`` kwargs of the narrow-backbone version of UHR layout ``name``."""
-    released = L2P_CONFIGS[name].kwargs
-    return {
-        **SMALL_BACKBONE,
-        **NARROW_HEADS[name],
-        "all_patch_size": released["all_patch_size"],
-        "head_stage_names": released["head_stage_names"],
-    }
 
 
 def module_keys(*modules: str) -> set:
@@ -60,7 +40,7 @@ def sources(tmp_path_factory) -> dict:
     """Trained-looking 4K (two shards, a BF16 backbone like the release) and 8K (one F32 file) pixel checkpoints."""
     result = {}
     for name in ("4k", "8k"):
-        model = ZImageL2PDiT(**narrow_kwargs(name))
+        model = ZImageL2PDiT(**narrow_uhr_kwargs(name))
         init_weights(model, seed=1 if name == "4k" else 2)
         state = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
         directory = tmp_path_factory.mktemp(name)
@@ -80,7 +60,7 @@ def inherited(sources, tmp_path_factory) -> dict:
     result = {}
     for source, target in PAIRS:
         out = tmp_path_factory.mktemp(f"{source}-{target}") / f"{target}_init.safetensors"
-        report = convert_pixel_to_pixel(sources[source][1], out, narrow_kwargs(target))
+        report = convert_pixel_to_pixel(sources[source][1], out, narrow_uhr_kwargs(target))
         result[source, target] = report, load_file(str(out))
     return result
 
@@ -91,7 +71,7 @@ def test_copied_reinitialised_dropped_and_new_sets(sources, inherited, pair):
     state, _ = sources[source_name]
     report, output = inherited[pair]
     plan = report.plan
-    target = meta_state_shapes(**narrow_kwargs(target_name))
+    target = meta_state_shapes(**narrow_uhr_kwargs(target_name))
     assert {key: tuple(value.shape) for key, value in output.items()} == target
 
     same_key_other_shape = {key for key in target if key in state and tuple(state[key].shape) != target[key]}
@@ -110,7 +90,8 @@ def test_copied_reinitialised_dropped_and_new_sets(sources, inherited, pair):
     assert fresh.keys() == set(plan.new) | same_key_other_shape
     for key in fresh:
         assert output[key].dtype == torch.float32 and same_bits(output[key], fresh[key]), key
-    assert report.output_hash == meta_hash(**narrow_kwargs(target_name)) and report.plan.source_layout == source_name
+    assert report.output_hash == meta_hash(**narrow_uhr_kwargs(target_name))
+    assert report.plan.source_layout == source_name
 
 
 def test_summary_counts_reinitialised_tensors_apart_from_new_ones(inherited):
@@ -126,7 +107,7 @@ def test_summary_counts_reinitialised_tensors_apart_from_new_ones(inherited):
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
 def test_output_loads_strictly_and_through_diffsynth(inherited, pair):
     report, output = inherited[pair]
-    kwargs = narrow_kwargs(pair[1])
+    kwargs = narrow_uhr_kwargs(pair[1])
     model = ZImageL2PDiT(**kwargs)
     model.load_state_dict(output, strict=True)
 
@@ -141,10 +122,10 @@ def test_output_loads_strictly_and_through_diffsynth(inherited, pair):
 
 def test_same_seed_gives_the_same_bytes_another_seed_other_fresh_tensors(sources, inherited, tmp_path):
     report, output = inherited["4k", "10k"]
-    again = convert_pixel_to_pixel(sources["4k"][1], tmp_path / "again.safetensors", narrow_kwargs("10k"), seed=42)
+    again = convert_pixel_to_pixel(sources["4k"][1], tmp_path / "again.safetensors", narrow_uhr_kwargs("10k"), seed=42)
     assert Path(again.output_path).read_bytes() == Path(report.output_path).read_bytes()
 
-    convert_pixel_to_pixel(sources["4k"][1], tmp_path / "other.safetensors", narrow_kwargs("10k"), seed=7)
+    convert_pixel_to_pixel(sources["4k"][1], tmp_path / "other.safetensors", narrow_uhr_kwargs("10k"), seed=7)
     other = load_file(str(tmp_path / "other.safetensors"))
     fresh = set(report.plan.new) | set(report.plan.reinitialised)
     for key in output:
@@ -211,7 +192,7 @@ def listing(*directories) -> dict:
     ],
 )
 def test_bad_inheritance_inputs_raise_one_line_errors_and_write_nothing(sources, tmp_path, case, message):
-    paths, config = sources["4k"][1], narrow_kwargs("8k")
+    paths, config = sources["4k"][1], narrow_uhr_kwargs("8k")
     if case == "latent source":
         paths = save_sharded(tiny_latent_state_dict(), tmp_path)
     elif case == "not a DiT":
@@ -220,13 +201,13 @@ def test_bad_inheritance_inputs_raise_one_line_errors_and_write_nothing(sources,
     elif case == "no config":
         config = None
     elif case == "4k to 4k":
-        config = narrow_kwargs("4k")
+        config = narrow_uhr_kwargs("4k")
     elif case in ("8k to 8k", "10k to 10k"):
         name = case[:3].strip()
-        model = ZImageL2PDiT(**narrow_kwargs(name))
+        model = ZImageL2PDiT(**narrow_uhr_kwargs(name))
         paths = [str(tmp_path / "pixel.safetensors")]
         save_file({key: torch.zeros(value.shape) for key, value in model.state_dict().items()}, paths[0])
-        config = narrow_kwargs(name)
+        config = narrow_uhr_kwargs(name)
     elif case == "1k layout":
         kwargs = {**SMALL_BACKBONE, "head_channels": (4, 4, 8, 8)}
         paths = [str(tmp_path / "pixel.safetensors")]

@@ -27,6 +27,29 @@ SMALL_BACKBONE = dict(
     axes_dims=(4, 6, 6), axes_lens=(64, 16, 16),
 )  # fmt: skip
 
+# Narrow UHR heads whose stages keep their widths from 4K to 8K to 10K, as the released heads do (4K: 16 ... 512,
+# 8K: the 4K head wrapped in a 3-channel stage, 10K: no stage 4, a 512-wide bottleneck on stage 3's 256 channels).
+NARROW_HEADS = {
+    "4k": dict(head_channels=(2, 4, 4, 8, 8, 16)),
+    "8k": dict(head_channels=(3, 2, 4, 4, 8, 8, 16), head_decoder_channels=(2, 2, 4, 4, 8, 8, 16)),
+    "10k": dict(
+        head_channels=(3, 2, 4, 4, 8, 8), head_decoder_channels=(2, 2, 4, 4, 8, 8), head_bottleneck_channels=16
+    ),
+}
+
+
+def narrow_uhr_kwargs(name: str, **overrides) -> dict:
+    """``ZImageL2PDiT`` kwargs of the narrow-backbone UHR layout ``name`` (``overrides`` change the backbone)."""
+    released = L2P_CONFIGS[name].kwargs
+    return {
+        **SMALL_BACKBONE,
+        **NARROW_HEADS[name],
+        **overrides,
+        "all_patch_size": released["all_patch_size"],
+        "head_stage_names": released["head_stage_names"],
+    }
+
+
 _DTYPE_BYTES = {"BF16": 2, "F32": 4}
 
 
