@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/compile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

@@ -8,7 +8,7 @@ For each (variant, size): the first compiled call's time minus an eager call is 
 compiled calls alternate and the medians give the speed-up. The largest absolute difference from the eager output
 is reported (the compiled kernels reorder float sums). On CPU, inductor needs a C++ compiler.
 Writes <out> (JSON, atomically).
-Run: .venv/bin/python bench/compile.py [--sizes 64 256] [--repeats 5] [--threads 2]
+Run: .venv/bin/python bench/compile.py [--sizes 256] [--repeats 5] [--threads 2]
 """
 
 import argparse
@@ -86,7 +86,7 @@ def run_variant(pipe: Any, variant: str, sizes: List[int], repeats: int) -> List
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--out", type=Path, default=OUT)

@@ -3,9 +3,10 @@
 Both models share one backbone width and see the same token grid (patch 16 on pixels vs patch 2 on 8x-down
 latents), so the difference is the pixel embedder + detailer head vs final layer, plus the VAE decode the latent
 path needs once per image. The VAE decoder is DiffSynth's real-size FluxVAEDecoder with random weights; a decode
-costs about 10 TFLOP at 1024² (x4 per doubling), so it is timed only up to --vae-max-size.
+costs about 10 TFLOP at 1024² (x4 per doubling), so it is timed only up to --vae-max-size. Above --warmup-max-size a
+call takes tens of seconds, so it is timed once, without a warm-up call.
 Writes <out> (JSON, atomically).
-Run: .venv/bin/python bench/step_cost.py [--sizes 1024 2048] [--repeats 2] [--vae-max-size 512] [--threads 2]
+Run: .venv/bin/python bench/step_cost.py [--sizes 1024 2048] [--repeats 2] [--warmup-max-size 1024] [--vae-max-size 512]
 """
 
 import argparse
@@ -28,8 +29,9 @@ BACKBONE = dict(dim=256, n_layers=4, n_refiner_layers=1, n_heads=8, n_kv_heads=8
                 axes_dims=(8, 12, 12), axes_lens=(1024, 128, 128))
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def best_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -42,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up; the best is kept")
+    parser.add_argument("--warmup-max-size", type=int, default=1024, help="larger sizes: one timed call, no warm-up")
     parser.add_argument("--vae-max-size", type=int, default=512, help="time the VAE decode only up to this size")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -67,11 +70,14 @@ def main() -> None:
             image = torch.randn(1, 3, size, size, dtype=dtype)
             latents = torch.randn(1, 16, size // 8, size // 8, dtype=dtype)
             features = pixel.forward_features(image, timestep, [cap])
-            t_pixel = best_time(lambda x=image: pixel(x, timestep, [cap]), args.repeats)
-            t_head = best_time(lambda x=image, f=features: pixel.local_decoder(x, f), args.repeats)
+            small = size <= args.warmup_max_size
+            repeats = args.repeats if small else 1
+            t_pixel = best_time(lambda x=image: pixel(x, timestep, [cap]), repeats, small)
+            t_head = best_time(lambda x=image, f=features: pixel.local_decoder(x, f), repeats, small)
             t_latent = best_time(
                 lambda z=latents: model_fn_z_image_turbo(latent, latents=z, timestep=timestep, prompt_embeds=cap),
-                args.repeats,
+                repeats,
+                small,
             )
             t_vae: Optional[float] = best_time(lambda z=latents: vae(z), 1) if size <= args.vae_max_size else None
             vae_text = f"{t_vae * 1e3:>9.1f}ms" if t_vae is not None else f"{'not run':>11}"
