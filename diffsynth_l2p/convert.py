@@ -202,9 +202,9 @@ def plan_inheritance(source: Layout, config: ConfigArg, dtype: torch.dtype = tor
     source_layout, target_layout = l2p_layout_name(source), l2p_layout_name(meta_state_shapes(**kwargs))
     if target_layout not in INHERITANCE.get(source_layout or "", ()):
         raise ValueError(
-            f"Cannot build a {target_layout or 'custom'}-layout init from a {source_layout or 'custom'}-layout pixel "
-            f"checkpoint; --from-pixel converts {_INHERITANCE_PAIRS}: pass a 4K or 8K checkpoint and --config 8k "
-            "or 10k."
+            f"Cannot build an init of the {target_layout or 'custom'} layout from a pixel checkpoint of the "
+            f"{source_layout or 'custom'} layout; --from-pixel converts {_INHERITANCE_PAIRS}: pass a 4K or 8K "
+            "checkpoint and --config 8k or 10k."
         )
     return _plan(source, config_name, kwargs, dtype, source_layout)
 
