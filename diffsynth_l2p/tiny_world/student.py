@@ -58,7 +58,7 @@ class StudentRecipe:
     data: str = "teacher"
     synthesis_steps: int = 20
     cfg_scale: float = 4.0
-    train_steps: int = 800
+    train_steps: int = 3000
     batch_size: int = 32
     learning_rate: float = 5e-4
     preset: str = "shallow:1"

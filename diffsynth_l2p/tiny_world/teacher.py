@@ -76,13 +76,13 @@ class TeacherRecipe:
     ae_batch_size: int = 32
     ae_lr: float = 1e-3
     ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
-    dit_steps: int = 1800
-    dit_batch_size: int = 64
+    dit_steps: int = 5000
+    dit_batch_size: int = 32
     dit_lr: float = 1e-3
-    ema_decay: float = 0.998
+    ema_decay: float = 0.998  # reached after the warm-up min(ema_decay, (1 + step) / (10 + step))
     uncond_prob: float = 0.1
-    checkpoint_every: int = 250
-    curve_every: int = 300  # steps between probes of the EMA teacher (the score-vs-time curve)
+    checkpoint_every: int = 500
+    curve_every: int = 1000  # steps between probes of the EMA teacher (the score-vs-time curve)
     seed: int = 0
 
 
@@ -269,9 +269,10 @@ class DiTTrainer:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
+        decay = min(self.recipe.ema_decay, (1 + self.step) / (10 + self.step))  # no lag behind the random init
         with torch.no_grad():
             for ema_param, param in zip(self.ema, self.params, strict=True):
-                ema_param.lerp_(param, 1 - self.recipe.ema_decay)
+                ema_param.lerp_(param, 1 - decay)
         self.step += 1
         self.losses.append(loss.item())
         self.seconds += time.perf_counter() - start
