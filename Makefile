@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 demo: $(STAMP)
-	$(BIN)/l2p generate --prompt "a red circle left of a blue triangle" --out outputs/demo.png
+	$(BIN)/l2p generate --prompt "a red circle left of a yellow triangle" --out outputs/demo.png
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py

@@ -10,9 +10,9 @@ from .request import MAX_SEED, GenerationRequest, Limits, validate_request
 from .worker import GeneratedImage, WorkerPool
 
 EXAMPLES = [
-    "a red circle left of a blue square",
-    "two yellow triangles above a large green square",
-    "a small purple star in the center of a white background",
+    "a red circle left of a yellow triangle",  # the shipped tiny-world student draws these two reliably
+    "a red circle on the left",
+    "a lighthouse on a cliff at dusk, oil painting",  # for real-size weights
 ]
 
 
