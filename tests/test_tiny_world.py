@@ -99,7 +99,7 @@ def test_batched_sampling_matches_the_pipelines_own_calls(model, teacher, studen
         assert score_image(image, prompt) == score_image(np.asarray(single), prompt)
 
 
-def test_teacher_dit_training_resumes_exactly(tmp_path):
+def test_teacher_dit_ema_warms_up_and_training_resumes_exactly(tmp_path):
     images, captions = zip(*sample_dataset(32, seed=0), strict=True)
     encoder, _, losses = train_autoencoder(images_to_tensor(list(images)), steps=6, batch_size=4)
     assert len(losses) == 6
@@ -115,8 +115,13 @@ def test_teacher_dit_training_resumes_exactly(tmp_path):
     for _ in range(4):
         straight.train_step()
     first = trainer()
-    for _ in range(2):
+    expected = [param.detach().clone() for param in first.params]
+    for decay in (1 / 10, 2 / 11):  # the warm-up min(0.998, (1 + step) / (10 + step)) at steps 0 and 1
         first.train_step()
+        expected = [ema.lerp(param.detach(), 1 - decay) for ema, param in zip(expected, first.params, strict=True)]
+    assert any(not torch.equal(ema, param) for ema, param in zip(first.ema, first.params, strict=True))
+    for ema, reference in zip(first.ema, expected, strict=True):
+        torch.testing.assert_close(ema, reference)
     torch.save(first.state_dict(), tmp_path / "state.pt")
     resumed = trainer()
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
