@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffsynth_l2p.training.presets import resolve_trainable
+from diffsynth_l2p.training.trainer import TrainConfig, make_lr_scheduler
 from tests.training_helpers import run, write_deep_dit, write_shapes
 
 
@@ -66,11 +67,27 @@ def test_release_preset_freezes_the_middle_blocks(tmp_path, shapes, tiny_model_s
     assert all(torch.equal(checkpoint[key], after[key]) for key in checkpoint)
 
 
-def test_resume_continues_exactly(tmp_path, shapes, tiny_model_set):
-    options = dict(batch_size=2, gradient_accumulation_steps=2, noise="fresh", save_steps=2)
-    straight = run(tmp_path / "straight", shapes, tiny_model_set, max_steps=4, **options)
-    run(tmp_path / "resumed", shapes, tiny_model_set, max_steps=2, **options)
-    resumed = run(tmp_path / "resumed", shapes, tiny_model_set, max_steps=4, resume="latest", **options)
+@pytest.mark.parametrize("lr_scheduler", ["constant", "cosine"])
+def test_resume_continues_exactly(tmp_path, shapes, tiny_model_set, lr_scheduler, monkeypatch):
+    from diffsynth_l2p.training.module import L2PTrainingModule
+
+    options = dict(batch_size=2, gradient_accumulation_steps=2, noise="fresh", save_steps=2, max_steps=4)
+    options |= dict(lr_scheduler=lr_scheduler, lr_warmup_steps=1, learning_rate=1e-3)
+    straight = run(tmp_path / "straight", shapes, tiny_model_set, **options)
+
+    forward, calls = L2PTrainingModule.forward, []
+
+    def killed_in_step_3(self, *args, **kwargs):  # micro-batch 5 of 2 per step
+        calls.append(None)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(L2PTrainingModule, "forward", killed_in_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "resumed", shapes, tiny_model_set, **options)
+    resumed = run(tmp_path / "resumed", shapes, tiny_model_set, resume="latest", **options)
 
     assert resumed["steps"] == 4 and resumed["steps_this_run"] == 2
     a, b = load_file(straight["checkpoint"]), load_file(resumed["checkpoint"])
@@ -126,6 +143,30 @@ def test_cached_text_embeddings(tmp_path, shapes, tiny_model_set):
     assert open(tmp_path / "run" / "loss.csv").read().splitlines()[0] == "step,key,value"
 
 
+def scheduled_learning_rates(name: str, world: int, warmup: int = 2, steps: int = 6) -> list:
+    """The learning rate before each of ``steps`` optimizer steps and after the last, stepped as accelerate does."""
+    optimizer = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    config = TrainConfig(dataset="data", output_path="out", lr_scheduler=name, lr_warmup_steps=warmup)
+    scheduler = make_lr_scheduler(optimizer, config, steps, world)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        for _ in range(world):  # a prepared scheduler steps once per process for every optimizer step
+            scheduler.step()
+    return rates + [optimizer.param_groups[0]["lr"]]
+
+
+def test_lr_schedules_warm_up_and_decay_to_zero_on_any_number_of_processes():
+    assert scheduled_learning_rates("constant", 1, warmup=0) == [1.0] * 7
+    assert scheduled_learning_rates("constant", 2) == pytest.approx([0, 0.5, 1, 1, 1, 1, 1])
+    assert scheduled_learning_rates("linear", 1) == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25, 0])
+    assert scheduled_learning_rates("linear", 4) == pytest.approx(scheduled_learning_rates("linear", 1))
+    cosine = scheduled_learning_rates("cosine", 2)
+    assert cosine[:3] == pytest.approx([0, 0.5, 1])
+    assert cosine[4] == pytest.approx(0.5) and cosine[6] == pytest.approx(0)
+
+
 def test_bad_inputs_fail_before_training(tmp_path, shapes, tiny_model_set):
     def fails(error, message, dataset=shapes, output=None, **overrides):
         output = output or str(tmp_path / "out")
@@ -149,6 +190,8 @@ def test_bad_inputs_fail_before_training(tmp_path, shapes, tiny_model_set):
     fails(ValueError, "--batch_size must be an integer >= 1, got 0", batch_size=0)
     fails(ValueError, "--shift must be a finite number, got nan", shift=float("nan"))
     fails(ValueError, "--max_pixels must be an integer >= 256, got 0", max_pixels=0)
+    fails(ValueError, "--lr_scheduler must be one of constant, linear, cosine, got 'step'", lr_scheduler="step")
+    fails(ValueError, "--lr_warmup_steps must be an integer >= 0, got -1", lr_warmup_steps=-1)
 
 
 def held_out_loss(files: dict, folder: str) -> float:

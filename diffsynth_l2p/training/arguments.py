@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 LOG_FORMATS = ("csv", "tensorboard")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 NOISE_MODES = ("seed", "fresh")  # per-image seeded noise (the release) or fresh draws from the run's generator
 
 
@@ -54,6 +55,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--learning_rate", type=float, default=5e-5)
+    optim.add_argument(
+        "--lr_scheduler",
+        choices=LR_SCHEDULERS,
+        default="constant",
+        help="learning-rate schedule (releases: constant); linear and cosine decay to zero at --max_steps",
+    )
+    optim.add_argument("--lr_warmup_steps", type=int, default=0, help="steps of linear warm-up from zero")
     optim.add_argument("--weight_decay", type=float, default=0.01)
     optim.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     optim.add_argument("--batch_size", type=int, default=1, help="images per micro-batch and process (same size)")

@@ -23,12 +23,13 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
+from transformers import get_scheduler
 
 from ..atomic import apply_umask, atomic_open
 from ..models.configs import config_name, named_config
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
-from .arguments import LOG_FORMATS, check_noise_mode
+from .arguments import LOG_FORMATS, LR_SCHEDULERS, check_noise_mode
 from .dataset import DIVISION_FACTOR, L2PImageDataset, bucket_batches, collate
 from .precision import PrecisionPlan, cast_trainable, precision_plan
 from .presets import TrainableSet, resolve_trainable
@@ -52,6 +53,8 @@ class TrainConfig:
     preset: Optional[str] = None  # default "release" unless `trainable` patterns are given
     trainable: Optional[List[str]] = None
     learning_rate: float = 5e-5
+    lr_scheduler: str = "constant"  # the releases' schedule; "linear" and "cosine" decay to zero at max_steps
+    lr_warmup_steps: int = 0
     weight_decay: float = 0.01
     max_steps: Optional[int] = None  # None = one epoch
     batch_size: int = 1
@@ -103,6 +106,9 @@ def check_config(config: TrainConfig) -> None:
         named_config(config.config)
     check_int(config.num_workers, "--dataset_num_workers", minimum=0)
     check_float(config.learning_rate, "--learning_rate")
+    if config.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {config.lr_scheduler!r}.")
+    check_int(config.lr_warmup_steps, "--lr_warmup_steps", minimum=0)
     check_float(config.weight_decay, "--weight_decay")
     check_float(config.shift, "--shift", inclusive=False)
     # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
@@ -236,6 +242,20 @@ def make_optimizer(accelerator: Accelerator, model: torch.nn.Module, config: Tra
     return torch.optim.AdamW(params, **options)
 
 
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, max_steps: int, world: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``config``'s schedule over ``max_steps`` optimizer steps (warm-up first, then constant or a decay to zero).
+
+    accelerate steps a prepared scheduler once per process for every optimizer step, so lengths count ``world``
+    times as many scheduler steps.
+    """
+    name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=config.lr_warmup_steps * world, num_training_steps=max_steps * world
+    )
+
+
 def load_training_pipeline(
     config: TrainConfig, device: torch.device, dtype: torch.dtype
 ) -> Tuple["ZImageL2PPipeline", TrainableSet, "ModelFiles"]:
@@ -303,7 +323,7 @@ def train(config: TrainConfig) -> dict:
         len(bucket_batches(dataset.sizes, config.batch_size, config.seed, 0)) / (world * accum)
     )
     optimizer = make_optimizer(accelerator, model, config)
-    lr_scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, world)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
