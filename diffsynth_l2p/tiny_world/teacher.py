@@ -76,7 +76,7 @@ class TeacherRecipe:
     ae_batch_size: int = 32
     ae_lr: float = 1e-3
     ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
-    dit_steps: int = 20000
+    dit_steps: int = 10000
     dit_batch_size: int = 32
     dit_lr: float = 1e-3
     ema_decay: float = 0.998  # reached after the warm-up min(ema_decay, (1 + step) / (10 + step))
