@@ -10,6 +10,7 @@ from diffsynth_l2p.tiny_world.shape_eval import (
     connected_components,
     detect_objects,
     evaluate,
+    pair_scores,
     score_image,
 )
 from diffsynth_l2p.tiny_world.shapes import (
@@ -93,3 +94,26 @@ def test_overall_is_the_mean_of_the_category_scores():
     samples = [(render_scene(single, rng), single) for _ in range(3)] + [(blank, count)]
     report = evaluate(samples)
     assert (report["single"], report["count"], report["overall"]) == (1.0, 0.0, 0.5)
+
+
+def test_pair_scores_single_out_the_pair_a_model_cannot_compose():
+    rng = np.random.default_rng(4)
+    blank = np.full((64, 64, 3), 255, np.uint8)
+    scenes = evaluation_scenes()
+    samples = [(blank if ("blue", "square") in scene.pairs() else render_scene(scene, rng), scene) for scene in scenes]
+    assert pair_scores(samples) == {"blue square": 0.0, "green circle": 1.0, "red triangle": 1.0}
+    assert 0.0 < evaluate(samples)["overall"] < 1.0
+    seen_only = [(render_scene(scene, rng), scene) for scene in [Scene("single", (ShapeSpec("red", "circle"),))]]
+    assert pair_scores(seen_only) == {}
+
+
+def test_report_table_shows_pair_columns_only_where_recorded():
+    from diffsynth_l2p.tiny_world.reproduce import format_report
+
+    base = dict.fromkeys([*CATEGORIES, "overall", "color"], 0.5)
+    table = format_report({"teacher": {**base, "blue square": 0.25}, "student": {**base, "overall": 0.4}})
+    header, _, teacher, student, _, retention = table.splitlines()
+    assert header.endswith("| overall | color | blue square |")
+    assert teacher.endswith("| 0.500 | 0.500 | 0.250 |") and student.endswith("| 0.400 | 0.500 | - |")
+    assert retention.endswith("0.800")
+    assert "blue square" not in format_report({"teacher": base})

@@ -27,8 +27,8 @@ from PIL import Image
 from ..atomic import atomic_open
 from ..model_set import DEFAULT_MODEL_DIR, DIT_FILE
 from ..pipelines.loading import load_pipeline
-from .shape_eval import evaluate, evaluate_pipeline
-from .shapes import CATEGORIES, IMAGE_SIZE, Scene, evaluation_scenes, render_scene
+from .shape_eval import evaluate, evaluate_pipeline, pair_scores
+from .shapes import CATEGORIES, HELD_OUT_PAIRS, IMAGE_SIZE, Scene, evaluation_scenes, render_scene
 from .student import StudentRecipe, train_student
 from .teacher import ASSETS_DIR as TEACHER_ASSETS_DIR
 from .teacher import DIT_FILE as TEACHER_DIT_FILE
@@ -113,7 +113,8 @@ def evaluate_models(
     reports, images, seconds = score_models(
         {"teacher": lambda: load_teacher(teacher_dir), "student": lambda: load_pipeline(student_dir)}, settings
     )
-    reports = {"real": evaluate(zip(real, [scene for scene in scenes for _ in seeds], strict=True)), **reports}
+    real_samples = list(zip(real, [scene for scene in scenes for _ in seeds], strict=True))
+    reports = {"real": {**evaluate(real_samples), **pair_scores(real_samples)}, **reports}
     return reports, {"real": real, **images}, seconds
 
 
@@ -138,11 +139,14 @@ def write_grid(path: Path, images: Dict[str, List[np.ndarray]], num_seeds: int) 
 
 
 def format_report(reports: Dict[str, Dict[str, float]]) -> str:
-    """The ShapeEval table (one row per model) and the retention line, as Markdown."""
+    """The ShapeEval table (one row per model; per held-out pair where recorded) and the retention line, as Markdown."""
+    pairs = [f"{color} {shape}" for color, shape in sorted(HELD_OUT_PAIRS)]
     columns = list(CATEGORIES) + ["overall", "color"]
+    columns += [pair for pair in pairs if any(pair in report for report in reports.values())]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, report in reports.items():
-        lines.append(f"| {name} | " + " | ".join(f"{report[column]:.3f}" for column in columns) + " |")
+        cells = [f"{report[column]:.3f}" if column in report else "-" for column in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "teacher" in reports and "student" in reports and reports["teacher"]["overall"] > 0:
         retention = reports["student"]["overall"] / reports["teacher"]["overall"]
         lines.append(f"\nretention (student / teacher overall): {retention:.3f}")
