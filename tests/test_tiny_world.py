@@ -9,6 +9,7 @@ import torch
 from diffsynth.configs import MODEL_CONFIGS
 from diffsynth.pipelines.z_image import ZImagePipeline
 from PIL import Image
+from safetensors.torch import load_file
 
 from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR
 from diffsynth_l2p.pipelines.loading import load_pipeline
@@ -193,6 +194,7 @@ def test_smoke_reproduction_runs_the_whole_chain_and_resumes(tmp_path):
 
     summary = reproduce(tmp_path, SMOKE_RECIPE)
     assert set(summary["shape_eval"]) == {"real", "teacher", "student"}
+    assert summary["shape_eval"]["real"]["blue square"] == 1.0  # per held-out pair, beside the categories
     assert set(summary["stage_seconds"]) == {"teacher", "student", "evaluation"}
     assert (tmp_path / "report" / "grid.png").is_file() and (tmp_path / "report" / "report.md").is_file()
     assert load_pipeline(tmp_path / "student")(prompt="a red circle", height=64, width=64, num_inference_steps=2)
@@ -203,3 +205,29 @@ def test_smoke_reproduction_runs_the_whole_chain_and_resumes(tmp_path):
     assert len(again["timing_runs"]["evaluation"]) == 2 and len(again["timing_runs"]["teacher"]) == 1
     (point,) = summary["teacher_curve"]  # the smoke teacher trains fewer steps than the probe interval: one point
     assert point["step"] == SMOKE_RECIPE.teacher.dit_steps and 0 <= point["overall"] <= 1
+
+
+@pytest.mark.slow
+def test_smoke_ablations_train_four_students_from_one_teacher_and_resume(tmp_path):
+    """`l2p tiny-world ablate` with the smoke student budgets on the shipped teacher: reports, grid, resume."""
+    from diffsynth_l2p.tiny_world.reproduce import SMOKE_RECIPE, ablation_recipes, ablations
+
+    reports = ablations(tmp_path, settings=SMOKE_RECIPE.evaluation, student=SMOKE_RECIPE.student)
+    names = list(ablation_recipes())
+    assert list(reports) == names == list(json.loads((tmp_path / "ablations.json").read_text(encoding="utf-8")))
+    assert all({"overall", "color", "blue square"} <= set(report) for report in reports.values())
+    assert (tmp_path / "work" / "corpus-teacher").is_dir() and (
+        tmp_path / "work" / "corpus-real" / "metadata.csv"
+    ).is_file()
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width == len(names) * (len(SMOKE_RECIPE.evaluation.seeds) * 64 + 8) - 8
+    dits = {name: load_file(tmp_path / name.replace(" ", "-") / "l2p-dit.safetensors") for name in names}
+    release = dits["teacher-data release"]
+    assert not torch.equal(
+        release["layers.1.attention.to_q.weight"], dits["teacher-data full"]["layers.1.attention.to_q.weight"]
+    )
+    mtimes = {name: (tmp_path / name.replace(" ", "-") / "l2p-dit.safetensors").stat().st_mtime_ns for name in names}
+    assert ablations(tmp_path, settings=SMOKE_RECIPE.evaluation, student=SMOKE_RECIPE.student) == reports
+    assert mtimes == {
+        name: (tmp_path / name.replace(" ", "-") / "l2p-dit.safetensors").stat().st_mtime_ns for name in names
+    }

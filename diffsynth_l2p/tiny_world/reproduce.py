@@ -291,9 +291,10 @@ def evaluate_directories(
     return reports, seconds
 
 
-def ablation_recipes(train_steps: Optional[int] = None) -> Dict[str, StudentRecipe]:
+def ablation_recipes(
+    train_steps: Optional[int] = None, base: StudentRecipe = StudentRecipe()
+) -> Dict[str, StudentRecipe]:
     """The paper's ablations at tiny scale, equal steps and seeds: data source, and what is trained."""
-    base = StudentRecipe()
     if train_steps is not None:
         base = replace(base, train_steps=train_steps)
     return {
@@ -309,24 +310,27 @@ def ablations(
     teacher_dir: Union[str, os.PathLike, None] = None,
     train_steps: Optional[int] = None,
     settings: EvalSettings = EvalSettings(),
+    student: StudentRecipe = StudentRecipe(),
 ) -> Dict[str, Dict[str, float]]:
-    """Train and score one student per :func:`ablation_recipes` variant from the same teacher (resumable).
+    """Train and score one student per :func:`ablation_recipes` variant of ``student`` from one teacher (resumable).
 
-    Variants with the same data share one corpus, so they differ only in what they train.
+    Variants with the same data share one corpus, so they differ only in what they train.  Writes the reports to
+    ``ablations.json`` and a grid of prompts x seeds per variant to ``grid.png``.
     """
     out_dir = Path(out_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir is not None else TEACHER_ASSETS_DIR
-    reports = {}
-    for name, student_recipe in ablation_recipes(train_steps).items():
+    reports, images = {}, {}
+    for name, student_recipe in ablation_recipes(train_steps, student).items():
         slug = name.replace(" ", "-")
         student_dir = out_dir / slug
         if not (student_dir / DIT_FILE).exists():
             with timed_stage(out_dir / TIMING_FILE, slug):
                 corpus = out_dir / "work" / f"corpus-{student_recipe.data}"
                 train_student(student_dir, out_dir / "work" / slug, teacher_dir, student_recipe, corpus)
-        reports[name], _ = evaluate_pipeline(
+        reports[name], images[name] = evaluate_pipeline(
             load_pipeline(student_dir), None, settings.seeds, settings.steps, settings.cfg_scale
         )
     with atomic_open(out_dir / "ablations.json") as file:
         json.dump(reports, file, indent=2)
+    write_grid(out_dir / "grid.png", images, len(settings.seeds))
     return reports
