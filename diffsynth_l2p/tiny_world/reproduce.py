@@ -38,6 +38,7 @@ from .teacher import VAE_DECODER_FILE, VAE_ENCODER_FILE, TeacherRecipe, load_tea
 TIMING_FILE = "timing.json"
 SUMMARY_FILE = "summary.json"
 GRID_PROMPTS_PER_CATEGORY = 3
+TINY_RELEASE_PRESET = "shallow:1"  # the release recipe at the tiny depth: freeze the two middle blocks
 GATE_PER_CATEGORY, GATE_SEEDS, GATE_METRICS = 3, (0, 1), ("overall", "color")
 
 
@@ -298,8 +299,8 @@ def ablation_recipes(
     if train_steps is not None:
         base = replace(base, train_steps=train_steps)
     return {
-        "teacher-data release": base,
-        "real-data release": replace(base, data="real"),
+        "teacher-data release": replace(base, preset=TINY_RELEASE_PRESET),
+        "real-data release": replace(base, data="real", preset=TINY_RELEASE_PRESET),
         "teacher-data full": replace(base, preset="full"),
         "teacher-data lora": replace(base, preset="lora:16"),
     }
