@@ -10,7 +10,6 @@ from diffsynth_l2p.tiny_world.shape_eval import (
     connected_components,
     detect_objects,
     evaluate,
-    pair_scores,
     score_image,
 )
 from diffsynth_l2p.tiny_world.shapes import (
@@ -96,15 +95,22 @@ def test_overall_is_the_mean_of_the_category_scores():
     assert (report["single"], report["count"], report["overall"]) == (1.0, 0.0, 0.5)
 
 
-def test_pair_scores_single_out_the_pair_a_model_cannot_compose():
+def test_scores_by_pair_single_out_the_pair_a_model_cannot_compose():
     rng = np.random.default_rng(4)
     blank = np.full((64, 64, 3), 255, np.uint8)
     scenes = evaluation_scenes()
     samples = [(blank if ("blue", "square") in scene.pairs() else render_scene(scene, rng), scene) for scene in scenes]
-    assert pair_scores(samples) == {"blue square": 0.0, "green circle": 1.0, "red triangle": 1.0}
-    assert 0.0 < evaluate(samples)["overall"] < 1.0
+    report = evaluate(samples, by_pair=True)
+    assert {key: report[key] for key in ("blue square", "green circle", "red triangle")} == {
+        "blue square": 0.0,
+        "green circle": 1.0,
+        "red triangle": 1.0,
+    }
+    assert 0.0 < report["overall"] < 1.0 and evaluate(samples) == {
+        key: value for key, value in report.items() if key not in ("blue square", "green circle", "red triangle")
+    }
     seen_only = [(render_scene(scene, rng), scene) for scene in [Scene("single", (ShapeSpec("red", "circle"),))]]
-    assert pair_scores(seen_only) == {}
+    assert evaluate(seen_only, by_pair=True) == evaluate(seen_only)
 
 
 def test_report_table_shows_pair_columns_only_where_recorded():

@@ -27,7 +27,7 @@ from PIL import Image
 from ..atomic import atomic_open
 from ..model_set import DEFAULT_MODEL_DIR, DIT_FILE
 from ..pipelines.loading import load_pipeline
-from .shape_eval import evaluate, evaluate_pipeline, pair_scores
+from .shape_eval import evaluate, evaluate_pipeline
 from .shapes import CATEGORIES, HELD_OUT_PAIRS, IMAGE_SIZE, Scene, evaluation_scenes, render_scene
 from .student import StudentRecipe, train_student
 from .teacher import ASSETS_DIR as TEACHER_ASSETS_DIR
@@ -114,8 +114,8 @@ def evaluate_models(
     reports, images, seconds = score_models(
         {"teacher": lambda: load_teacher(teacher_dir), "student": lambda: load_pipeline(student_dir)}, settings
     )
-    real_samples = list(zip(real, [scene for scene in scenes for _ in seeds], strict=True))
-    reports = {"real": {**evaluate(real_samples), **pair_scores(real_samples)}, **reports}
+    real_report = evaluate(zip(real, [scene for scene in scenes for _ in seeds], strict=True), by_pair=True)
+    reports = {"real": real_report, **reports}
     return reports, {"real": real, **images}, seconds
 
 
@@ -292,12 +292,8 @@ def evaluate_directories(
     return reports, seconds
 
 
-def ablation_recipes(
-    train_steps: Optional[int] = None, base: StudentRecipe = StudentRecipe()
-) -> Dict[str, StudentRecipe]:
+def ablation_recipes(base: StudentRecipe = StudentRecipe()) -> Dict[str, StudentRecipe]:
     """The paper's ablations at tiny scale, equal steps and seeds: data source, and what is trained."""
-    if train_steps is not None:
-        base = replace(base, train_steps=train_steps)
     return {
         "teacher-data release": replace(base, preset=TINY_RELEASE_PRESET),
         "real-data release": replace(base, data="real", preset=TINY_RELEASE_PRESET),
@@ -321,7 +317,9 @@ def ablations(
     out_dir = Path(out_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir is not None else TEACHER_ASSETS_DIR
     reports, images = {}, {}
-    for name, student_recipe in ablation_recipes(train_steps, student).items():
+    if train_steps is not None:
+        student = replace(student, train_steps=train_steps)
+    for name, student_recipe in ablation_recipes(student).items():
         slug = name.replace(" ", "-")
         student_dir = out_dir / slug
         if not (student_dir / DIT_FILE).exists():
