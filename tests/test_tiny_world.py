@@ -23,6 +23,7 @@ from diffsynth_l2p.tiny_world.teacher import (
     ASSETS_DIR,
     DiTTrainer,
     TeacherRecipe,
+    fine_tune_decoder,
     images_to_tensor,
     load_teacher,
     load_text_parts,
@@ -131,6 +132,37 @@ def test_teacher_dit_ema_warms_up_and_training_resumes_exactly(tmp_path):
     assert resumed.losses == straight.losses
     for a, b in zip(resumed.ema, straight.ema, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("text_attention", [False, True])
+def test_teacher_text_features_are_per_word_unless_attention_is_on(tmp_path, text_attention):
+    images, captions = zip(*sample_dataset(8, seed=0), strict=True)
+    latents = torch.randn(8, 16, 8, 8)
+    build_tiny_l2p(tmp_path / "text", seed=0)
+    recipe = TeacherRecipe(dit_steps=2, dit_batch_size=4, text_attention=text_attention)
+    trainer = DiTTrainer(latents, list(captions), *load_text_parts(tmp_path / "text"), recipe)
+    for _ in range(2):
+        trainer.train_step()
+    red, blue = trainer.encode(["a red square", "a blue square"])
+    differs = (red - blue).abs().amax(dim=-1) > 0
+    assert differs.any()
+    # Without attention only the color word's own feature differs; with it, every later token sees the color too.
+    assert (differs.sum().item() == 1) != text_attention
+    o_proj = trainer.text.text_encoder.model.layers[0].self_attn.o_proj.weight
+    assert bool(o_proj.abs().sum() == 0) != text_attention
+
+
+def test_decoder_fine_tuning_keeps_the_latent_space_and_changes_only_the_decoder():
+    images = images_to_tensor([image for image, _ in sample_dataset(16, seed=0)])
+    encoder, decoder, _ = train_autoencoder(images, steps=4, batch_size=4)
+    before = {name: tensor.clone() for name, tensor in decoder.state_dict().items()}
+    encoder_before = {name: tensor.clone() for name, tensor in encoder.state_dict().items()}
+    losses = fine_tune_decoder(encoder, decoder, images, steps=3, batch_size=4)
+    assert len(losses) == 3 and not decoder.training
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, encoder_before[name])
+    changed = {name for name, tensor in decoder.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed and not changed & {"latent_mean", "latent_std"}  # the latent statistics are the encoder's
 
 
 def test_missing_teacher_names_the_fix(tmp_path):

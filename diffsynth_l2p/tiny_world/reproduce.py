@@ -60,10 +60,18 @@ class Recipe:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
 
 
-# Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate).
+# Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate); it also takes the
+# teacher's optional stages (per-word text features, the decoder's fine-tuning) so that they stay runnable.
 SMOKE_RECIPE = Recipe(
     teacher=TeacherRecipe(
-        dataset_size=256, ae_steps=20, ae_batch_size=8, ae_max_final_loss=None, dit_steps=20, dit_batch_size=8
+        dataset_size=256,
+        ae_steps=20,
+        ae_batch_size=8,
+        ae_max_final_loss=None,
+        decoder_steps=10,
+        text_attention=False,
+        dit_steps=20,
+        dit_batch_size=8,
     ),
     student=StudentRecipe(corpus_images=24, synthesis_steps=2, train_steps=4, batch_size=4, synthesis_processes=1),
     evaluation=EvalSettings(seeds=(0,), steps=2),

@@ -6,7 +6,8 @@ The teacher is a DiffSynth latent Z-Image model set that DiffSynth's **own** ``Z
   backbone sizes, so ``l2p convert`` maps it onto the tiny L2P DiT (patch 16 on 64x64 pixels = the same grid);
 - ``vae_encoder.safetensors`` / ``vae_decoder.safetensors``: the 8x-down, 16-channel :mod:`.autoencoder`;
 - ``text_encoder/`` and ``tokenizer/``: the tiny Qwen3 text encoder (it starts as ``build_tiny_l2p(seed=0)``'s and
-  learns with the DiT, as a stand-in for a pretrained one) and the word-level tokenizer; the student keeps both.
+  learns with the DiT, as a stand-in for a pretrained one; ``TeacherRecipe.text_attention=False`` switches its
+  attention off so that each word's feature is its own) and the word-level tokenizer; the student keeps both.
 
 Training is resumable: the autoencoder and periodic DiT states are kept in a work directory, and a rerun
 continues from the last state with the same result as an uninterrupted run.
@@ -76,11 +77,17 @@ class TeacherRecipe:
     ae_batch_size: int = 32
     ae_lr: float = 1e-3
     ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
+    # Then the decoder alone, on codes with more noise (0 steps: skipped), so guided samples decode cleaner.
+    decoder_steps: int = 0
+    decoder_latent_noise: float = 0.3
     dit_steps: int = 10000
     dit_batch_size: int = 32
     dit_lr: float = 1e-3
     ema_decay: float = 0.998  # reached after the warm-up min(ema_decay, (1 + step) / (10 + step))
     uncond_prob: float = 0.1
+    # False: the text encoder's attention is off, so each caption token's feature is that word's alone and the DiT
+    # binds colors to shapes itself (docs/tiny-world.md, "Words that do not blend").
+    text_attention: bool = True
     checkpoint_every: int = 500
     curve_every: int = 1000  # steps between probes of the EMA teacher (the score-vs-time curve)
     seed: int = 0
@@ -152,6 +159,36 @@ def images_to_tensor(images: List) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def _fit_decoder(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    decoder: TinyVAEDecoder,
+    parameters: List[torch.nn.Parameter],
+    images: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    latent_noise: float,
+    generator: torch.Generator,
+    desc: str,
+) -> List[float]:
+    """Minimise MSE(decode(encode(x) + noise), x) over ``parameters``; the noise is ``latent_noise`` code stds."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, mininterval=5):
+        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
+        code = encode(batch)
+        noisy = code + latent_noise * code.detach().std() * torch.randn(code.shape, generator=generator)
+        loss = torch.nn.functional.mse_loss(decoder.decode(noisy), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)  # one early spike can otherwise freeze it on a flat image
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return losses
+
+
 def train_autoencoder(
     images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, latent_noise: float = 0.1
 ) -> Tuple[TinyVAEEncoder, TinyVAEDecoder, List[float]]:
@@ -163,20 +200,9 @@ def train_autoencoder(
     torch.manual_seed(seed)
     encoder, decoder = TinyVAEEncoder(), TinyVAEDecoder()
     parameters = list(encoder.parameters()) + list(decoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
-    losses = []
-    for _ in tqdm(range(steps), desc="autoencoder", mininterval=5):
-        batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
-        code = encoder.encode(batch)
-        noisy = code + latent_noise * code.detach().std() * torch.randn(code.shape, generator=generator)
-        loss = torch.nn.functional.mse_loss(decoder.decode(noisy), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)  # one early spike can otherwise freeze it on a flat image
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+    losses = _fit_decoder(
+        encoder.encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "autoencoder"
+    )
     with torch.no_grad():
         codes = torch.cat([encoder.encode(chunk) for chunk in images.split(512)])
         mean, std = codes.mean((0, 2, 3)), codes.std((0, 2, 3))
@@ -186,11 +212,51 @@ def train_autoencoder(
     return encoder.eval(), decoder.eval(), losses
 
 
+def fine_tune_decoder(
+    encoder: TinyVAEEncoder,
+    decoder: TinyVAEDecoder,
+    images: torch.Tensor,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    latent_noise: float = 0.3,
+) -> List[float]:
+    """Train the decoder alone (in place) on noisier codes of the frozen encoder; returns the losses.
+
+    The latent space, and so everything the DiT learns, stays the same; the decoder learns to draw clean shapes
+    from the imprecise latents a guided sampler ends on (docs/tiny-world.md, "A decoder for guided latents").
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        return encoder.encode(batch)
+
+    decoder.train()
+    parameters = list(decoder.parameters())
+    losses = _fit_decoder(
+        encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "decoder"
+    )
+    decoder.eval()
+    return losses
+
+
 def load_text_parts(model_dir: Path) -> Tuple[torch.nn.Module, Any]:
     """The text encoder (fp32) and tokenizer of a model set laid out like ``build_tiny_l2p``'s."""
     encoder = Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG)
     encoder.load_state_dict(load_file(model_dir / TEXT_ENCODER_DIR / "model.safetensors"))
     return encoder, AutoTokenizer.from_pretrained(str(model_dir / TOKENIZER_DIR))
+
+
+def switch_off_attention(text_encoder: torch.nn.Module) -> None:
+    """Zero and freeze every attention output projection: each token's hidden state then depends on that token only."""
+    for name, param in text_encoder.named_parameters():
+        if ".self_attn." in name:
+            param.requires_grad_(False)
+            if name.endswith("o_proj.weight"):
+                with torch.no_grad():
+                    param.zero_()
 
 
 def init_dit(seed: int, config: Optional[Dict[str, Any]] = None) -> ZImageDiT:
@@ -216,7 +282,8 @@ class DiTTrainer:
     pipeline computes.  ``x_t = (1 - s) x0 + s eps`` at the Z-Image schedule's training timesteps (shift 3);
     target ``eps - x0``.  Each caption is replaced by the empty prompt with probability ``uncond_prob`` (for
     CFG).  The text encoder learns with the DiT (a stand-in for a pretrained one, whose features already name
-    colors and shapes); the student later keeps it frozen.  Both train in fp32 with an fp32 EMA and ship in bf16.
+    colors and shapes), with its attention off unless ``recipe.text_attention``; the student later keeps it
+    frozen.  Both train in fp32 with an fp32 EMA and ship in bf16.
     """
 
     def __init__(
@@ -233,6 +300,8 @@ class DiTTrainer:
         self.scheduler.set_timesteps(1000, training=True)
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.dit = run_time_embedder_in_weight_dtype(init_dit(recipe.seed, config).train())
+        if not recipe.text_attention:
+            switch_off_attention(text_encoder)
         self.text = SimpleNamespace(text_encoder=text_encoder.float().train(), tokenizer=tokenizer)
         self.params = list(self.dit.parameters()) + list(text_encoder.parameters())
         self.ema = [param.detach().clone() for param in self.params]
@@ -385,6 +454,7 @@ def train_teacher(
         build_tiny_l2p(text_dir, seed=TEXT_ENCODER_SEED)
 
     ae_losses: List[float] = []
+    decoder_losses: List[float] = []
     if not (work_dir / VAE_DECODER_FILE).exists():
         codec_images = images_to_tensor(list(sample_codec_images(recipe.dataset_size, recipe.seed + 1)))
         encoder, decoder, ae_losses = train_autoencoder(
@@ -394,6 +464,17 @@ def train_teacher(
         limit = recipe.ae_max_final_loss
         if limit is not None and final_loss > limit:  # a collapsed codec would waste the DiT stage on blank latents
             raise RuntimeError(f"The autoencoder did not learn (final loss {final_loss:.4f} > {limit}); lower ae_lr.")
+        if recipe.decoder_steps:
+            decoder_losses = fine_tune_decoder(
+                encoder,
+                decoder,
+                codec_images,
+                recipe.decoder_steps,
+                recipe.ae_batch_size,
+                recipe.ae_lr,
+                recipe.seed,
+                recipe.decoder_latent_noise,
+            )
         save_module(encoder, work_dir / VAE_ENCODER_FILE)
         save_module(decoder, work_dir / VAE_DECODER_FILE)  # last: its presence marks the autoencoder as done
     encoder, decoder = _load_autoencoder(work_dir)
@@ -421,6 +502,7 @@ def train_teacher(
         summary = {
             "recipe": asdict(recipe),
             "ae_final_loss": float(np.mean(ae_losses[-50:])) if ae_losses else None,
+            "decoder_final_loss": float(np.mean(decoder_losses[-50:])) if decoder_losses else None,
             "dit_final_loss": float(np.mean(dit_losses[-100:])),
             "curve": curve,
             "seconds_this_run": {
