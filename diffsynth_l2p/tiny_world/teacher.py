@@ -250,7 +250,7 @@ def load_text_parts(model_dir: Path) -> Tuple[torch.nn.Module, Any]:
 
 
 def switch_off_attention(text_encoder: torch.nn.Module) -> None:
-    """Zero and freeze every attention output projection: each token's hidden state then depends on that token only."""
+    """Zero the attention output projections and freeze the attention: each token's state then depends on it alone."""
     for name, param in text_encoder.named_parameters():
         if ".self_attn." in name:
             param.requires_grad_(False)
