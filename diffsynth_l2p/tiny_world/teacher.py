@@ -159,7 +159,7 @@ def images_to_tensor(images: List) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def _fit_decoder(
+def _fit_codec(
     encode: Callable[[torch.Tensor], torch.Tensor],
     decoder: TinyVAEDecoder,
     parameters: List[torch.nn.Parameter],
@@ -200,7 +200,7 @@ def train_autoencoder(
     torch.manual_seed(seed)
     encoder, decoder = TinyVAEEncoder(), TinyVAEDecoder()
     parameters = list(encoder.parameters()) + list(decoder.parameters())
-    losses = _fit_decoder(
+    losses = _fit_codec(
         encoder.encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "autoencoder"
     )
     with torch.no_grad():
@@ -235,7 +235,7 @@ def fine_tune_decoder(
 
     decoder.train()
     parameters = list(decoder.parameters())
-    losses = _fit_decoder(
+    losses = _fit_codec(
         encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "decoder"
     )
     decoder.eval()
