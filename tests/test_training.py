@@ -143,6 +143,33 @@ def test_cached_text_embeddings(tmp_path, shapes, tiny_model_set):
     assert open(tmp_path / "run" / "loss.csv").read().splitlines()[0] == "step,key,value"
 
 
+def test_caption_dropout_trains_that_fraction_on_the_empty_caption(tmp_path, shapes, tiny_model_set, monkeypatch):
+    from diffsynth_l2p.pipelines.loading import load_pipeline
+    from diffsynth_l2p.training.module import L2PTrainingModule, prompt_key
+
+    pipe = load_pipeline(tiny_model_set)
+    trainable = resolve_trainable(load_file(tiny_model_set["dit"]), "full")
+    batch = {"image": torch.rand(64, 3, 64, 64) * 2 - 1, "prompt": ["a red circle"] * 64, "seed": [None] * 64}
+    seen = []
+    encode = L2PTrainingModule.prompt_embeddings
+    monkeypatch.setattr(L2PTrainingModule, "prompt_embeddings", lambda self, p: seen.append(p) or encode(self, p))
+    losses = []
+    for dropout in (0.0, 0.25):
+        module = L2PTrainingModule(pipe, trainable, noise="fresh", caption_dropout=dropout)
+        with torch.no_grad():
+            losses.append(module(batch, torch.Generator().manual_seed(3)))
+    assert seen[0] == batch["prompt"]
+    assert 8 <= seen[1].count("") <= 24 and set(seen[1]) == {"", "a red circle"}
+    assert not torch.equal(losses[0], losses[1])  # same timesteps and noise, different captions
+
+    cached = dict(cache_text_embeddings=True, caption_dropout=0.5)
+    summary = run(tmp_path / "run", shapes, tiny_model_set, max_steps=2, **cached)
+    assert summary["steps"] == 2
+    assert prompt_key("") in load_file(tmp_path / "run" / "text_embeddings.safetensors")
+    with pytest.raises(ValueError, match="--caption_dropout is a fraction below 1, got 1"):
+        run(tmp_path / "bad", shapes, tiny_model_set, caption_dropout=1.0)
+
+
 def scheduled_learning_rates(name: str, world: int, warmup: int = 2, steps: int = 6) -> list:
     """The learning rate before each of ``steps`` optimizer steps and after the last, stepped as accelerate does."""
     optimizer = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1.0)

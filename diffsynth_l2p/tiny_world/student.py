@@ -55,6 +55,7 @@ class StudentRecipe:
     two middle blocks), which ``l2p tiny-world ablate`` compares (docs/tiny-world.md).
     The teacher draws the corpus at ``cfg_scale`` 1.5, where its shapes are cleanest: a student of CFG-4 images, itself
     sampled at CFG 4, compounds the guidance and pinches every shape (docs/tiny-world.md).
+    ``caption_dropout`` trains that share of the images on the empty caption (``l2p train --caption_dropout``).
     """
 
     corpus_images: int = 1500
@@ -65,6 +66,7 @@ class StudentRecipe:
     batch_size: int = 32
     learning_rate: float = 5e-4
     preset: str = "full"
+    caption_dropout: float = 0.0
     synthesis_processes: int = 2
     seed: int = 0
 
@@ -169,6 +171,7 @@ def train_student(
         seed=recipe.seed,
         use_gradient_checkpointing=False,
         cache_text_embeddings=True,
+        caption_dropout=recipe.caption_dropout,
         mixed_precision="no",  # fp32: CPUs without bf16 units run bf16 several times slower
         resume="latest" if (run_dir / "state").exists() else None,
     )

@@ -32,6 +32,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="encode every caption once, then free the text encoder (low-VRAM)",
     )
+    data.add_argument(
+        "--caption_dropout",
+        type=float,
+        default=0.0,
+        help="fraction of images trained on the empty caption, for sampling with CFG (releases: 0)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",

@@ -6,7 +6,9 @@ drawn per image instead of from the global RNG, so that noise can be seeded by e
 exactly reproducible. Seeded noise is what this pipeline
 draws for that seed at the image's pixel shape; the source model drew latent-shaped noise from the same seed, a
 different tensor, so it is tied to the image by seed only. Timesteps are uniform over the training schedule (500
-steps, shift 3 in the 1K release; 1000 steps, shift 3 with fresh noise in the UHR release).
+steps, shift 3 in the 1K release; 1000 steps, shift 3 with fresh noise in the UHR release). With ``caption_dropout``
+(not in the releases) that fraction of images trains on the empty caption, the branch classifier-free guidance
+subtracts, so that a model sampled with guidance learns that branch in pixels too (docs/tiny-world.md).
 """
 
 import hashlib
@@ -69,12 +71,14 @@ class L2PTrainingModule(DiffusionTrainingModule):
         num_timesteps: int = 500,
         use_gradient_checkpointing: bool = True,
         text_embedding_cache: Optional[str] = None,
+        caption_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.pipe = pipe
         self.noise = check_noise_mode(noise)
         self.use_gradient_checkpointing = use_gradient_checkpointing
         self.text_embedding_cache = text_embedding_cache
+        self.caption_dropout = caption_dropout
         self.trainable = trainable
         pipe.scheduler.set_timesteps(num_timesteps, training=True, shift=shift)
         self.apply_trainable(trainable)
@@ -128,12 +132,16 @@ class L2PTrainingModule(DiffusionTrainingModule):
         timestep_ids = torch.randint(len(scheduler.timesteps), (len(x0),), generator=generator)
         noise = self.draw_noise(x0, batch["seed"], generator)
         timesteps = scheduler.timesteps[timestep_ids]
+        prompts = list(batch["prompt"])
+        if self.caption_dropout:  # drawn after the noise, so runs without dropout keep their draws
+            dropped = torch.rand(len(prompts), generator=generator) < self.caption_dropout
+            prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
         latents = torch.cat([scheduler.add_noise(x0[i : i + 1], noise[i : i + 1], t) for i, t in enumerate(timesteps)])
         prediction = self.pipe.model_fn(
             dit=self.pipe.dit,
             latents=latents,
             timestep=timesteps.to(self.pipe.device, self.pipe.torch_dtype),
-            prompt_embeds=self.prompt_embeddings(batch["prompt"]),
+            prompt_embeds=self.prompt_embeddings(prompts),
             use_gradient_checkpointing=self.use_gradient_checkpointing,
         )
         target = scheduler.training_target(x0, noise, timesteps)

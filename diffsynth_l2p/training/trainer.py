@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     use_gradient_checkpointing: bool = True
     cache_text_embeddings: bool = False
+    caption_dropout: float = 0.0  # fraction of images trained on the empty caption (CFG's branch); releases: 0
     resume: Optional[str] = None  # "latest" or a state directory written by a previous run
     log: Optional[str] = None
     remove_prefix: str = "pipe.dit."
@@ -110,6 +111,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {config.lr_scheduler!r}.")
     check_int(config.lr_warmup_steps, "--lr_warmup_steps", minimum=0)
     check_float(config.weight_decay, "--weight_decay")
+    if check_float(config.caption_dropout, "--caption_dropout") >= 1:
+        raise ValueError(f"--caption_dropout is a fraction below 1, got {config.caption_dropout:g}.")
     check_float(config.shift, "--shift", inclusive=False)
     # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
     check_int(config.seed, "--seed", minimum=0, maximum=2**32 - 1)
@@ -286,12 +289,20 @@ def build_training_module(
     if config.cache_text_embeddings:
         text_cache = os.path.join(config.output_path, TEXT_CACHE_FILE)
         with accelerator.main_process_first():
-            cache_text_embeddings(pipe, prompts, text_cache, encoder_id=",".join(files["text_encoder"]))
+            captions = [*prompts, ""] if config.caption_dropout else prompts
+            cache_text_embeddings(pipe, captions, text_cache, encoder_id=",".join(files["text_encoder"]))
         pipe.text_encoder = None  # never needed again: its memory is free for training
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     module = L2PTrainingModule(
-        pipe, trainable, config.noise, config.shift, config.num_timesteps, config.use_gradient_checkpointing, text_cache
+        pipe,
+        trainable,
+        config.noise,
+        config.shift,
+        config.num_timesteps,
+        config.use_gradient_checkpointing,
+        text_cache,
+        config.caption_dropout,
     )
     cast_trainable(module, plan.trainable_dtype)  # frozen weights stay in the load dtype
     return module
