@@ -166,7 +166,7 @@ def test_caption_dropout_trains_that_fraction_on_the_empty_caption(tmp_path, sha
     summary = run(tmp_path / "run", shapes, tiny_model_set, max_steps=2, **cached)
     assert summary["steps"] == 2
     assert prompt_key("") in load_file(tmp_path / "run" / "text_embeddings.safetensors")
-    with pytest.raises(ValueError, match="--caption_dropout is a fraction below 1, got 1"):
+    with pytest.raises(ValueError, match=r"--caption_dropout must be < 1 \(a fraction of the images\), got 1\."):
         run(tmp_path / "bad", shapes, tiny_model_set, caption_dropout=1.0)
 
 

@@ -235,9 +235,7 @@ def fine_tune_decoder(
 
     decoder.train()
     parameters = list(decoder.parameters())
-    losses = _fit_codec(
-        encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "decoder"
-    )
+    losses = _fit_codec(encode, decoder, parameters, images, steps, batch_size, lr, latent_noise, generator, "decoder")
     decoder.eval()
     return losses
 

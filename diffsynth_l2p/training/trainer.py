@@ -112,7 +112,7 @@ def check_config(config: TrainConfig) -> None:
     check_int(config.lr_warmup_steps, "--lr_warmup_steps", minimum=0)
     check_float(config.weight_decay, "--weight_decay")
     if check_float(config.caption_dropout, "--caption_dropout") >= 1:
-        raise ValueError(f"--caption_dropout is a fraction below 1, got {config.caption_dropout:g}.")
+        raise ValueError(f"--caption_dropout must be < 1 (a fraction of the images), got {config.caption_dropout:g}.")
     check_float(config.shift, "--shift", inclusive=False)
     # Per-step generators are seeded with (seed << 32) + micro-batch, which must stay below 2**64.
     check_int(config.seed, "--seed", minimum=0, maximum=2**32 - 1)
