@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .reproducible_conv import ReproducibleConv2d
+
 LATENT_CHANNELS = 16
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2)
+    return ReproducibleConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2)
 
 
 class _LatentNorm(nn.Module):
@@ -40,7 +42,7 @@ class TinyVAEEncoder(_LatentNorm):
         super().__init__(latent_channels)
         layers, previous = [], 3
         for width in channels:  # three stride-2 stages: 8x down
-            layers += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.SiLU()]
+            layers += [ReproducibleConv2d(previous, width, 4, stride=2, padding=1), nn.SiLU()]
             previous = width
         layers += [_conv(previous, previous), nn.SiLU(), _conv(previous, latent_channels)]
         self.net = nn.Sequential(*layers)
