@@ -45,7 +45,8 @@ def _sample_batch(
     positive = encode_prompts(pipe, prompts)
     negative = encode_prompts(pipe, [""]) * batch
     embeds = positive + negative if cfg_scale != 1.0 else positive
-    pipe.scheduler.set_timesteps(steps, denoising_strength=1.0, shift=None if latent else 3.0)
+    shift = None if latent else pipe.sigma_shift_for(IMAGE_SIZE, IMAGE_SIZE)  # each pipeline's own default
+    pipe.scheduler.set_timesteps(steps, denoising_strength=1.0, shift=shift)
     x = _initial_noise(pipe, seeds, latent)
     for timestep in pipe.scheduler.timesteps:
         t = timestep.to(pipe.torch_dtype).expand(len(embeds))
