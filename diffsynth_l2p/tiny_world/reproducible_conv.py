@@ -1,10 +1,12 @@
 """A ``Conv2d`` whose training gives the same weights whatever the number of CPU threads.
 
-The stock CPU convolution (oneDNN) sums its weight gradient in an order that depends on how the threads split
-the batch, so two runs of one recipe with 1 and 2 torch threads, or on two hosts, drift apart after a few hundred
-steps (docs/tiny-world.md, "Where the spread comes from: the autoencoder").  Here the forward pass and the input
-gradient stay oneDNN's, which do not depend on the thread count, and the weight gradient is one matrix product
-per kernel offset: ``grad_out^T @ shifted input``, summed in a fixed order like the DiT's linear layers.
+The stock CPU convolution (oneDNN) sums some of its gradients in an order that depends on how the threads split
+the work: measured on a 2-core AVX2 host, the bias gradient of the autoencoder's 3-channel output layer differs
+between 1 and 2 threads, and the weight gradient of some layer shapes between 1 and 3 or 4 threads, so two runs
+of one recipe drift apart after a few hundred steps (docs/tiny-world.md, "Where the spread comes from: the
+autoencoder").  Here the forward pass and the input gradient stay oneDNN's, the bias gradient is a plain sum and
+the weight gradient is one matrix product per kernel offset (``grad_out^T @ shifted input``), which sum in the
+same order for every thread count, like the DiT's linear layers.
 """
 
 from typing import Optional, Tuple
@@ -61,7 +63,7 @@ class _ReproducibleConv2dFunction(torch.autograd.Function):
 
 
 class ReproducibleConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) with a thread-count-independent weight gradient.
+    """``nn.Conv2d`` (same parameters and state-dict keys) with thread-count-independent gradients.
 
     Square kernels, one stride and padding for both axes, no groups, dilation or non-zero padding modes.
     """
