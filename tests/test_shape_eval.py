@@ -10,6 +10,7 @@ from diffsynth_l2p.tiny_world.shape_eval import (
     connected_components,
     detect_objects,
     evaluate,
+    filled_size,
     score_image,
 )
 from diffsynth_l2p.tiny_world.shapes import (
@@ -65,6 +66,30 @@ def test_blurred_edges_keep_their_color():
     labels = color_labels(blurred)
     assert set(np.unique(labels)) == {-1, list(COLORS).index("red")}
     assert score_image(blurred, "a red circle")
+
+
+def test_pixels_knocked_out_inside_a_shape_do_not_change_it():
+    scene = Scene("single", (ShapeSpec("blue", "circle"),))
+    image = np.array(render_scene(scene, np.random.default_rng(0)))
+    inside = np.argwhere(color_labels(image) == list(COLORS).index("blue"))
+    rng = np.random.default_rng(0)
+    for y, x in inside[rng.choice(len(inside), len(inside) // 4, replace=False)]:
+        if 0 < y < 63 and 0 < x < 63:
+            image[y, x] = (255, 255, 255)  # speckle: background-coloured pixels punched into the object
+    (found,) = [d for d in detect_objects(image) if d.color == "blue"]
+    assert found.shape == "circle"
+    assert score_image(image, "a blue circle")
+
+
+def test_filled_size_fills_holes_but_not_open_notches():
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[3, 3] = False  # a hole: filled
+    assert filled_size(np.argwhere(ring)) == 25
+    notch = np.zeros((7, 7), bool)
+    notch[1:6, 1:6] = True
+    notch[1:4, 3] = False  # a notch open to the top edge: not filled
+    assert filled_size(np.argwhere(notch)) == 22
 
 
 def test_noise_and_blank_images_score_zero():

@@ -2,8 +2,8 @@
 
 ``detect_objects`` segments the image by color (each pixel is explained as a blend of the background and one
 palette color), splits every color into 8-connected components and classifies each component's shape by how much
-of its bounding box it fills (square ~1, circle ~pi/4, triangle ~1/2).  ``score_image`` checks the detections
-against a caption's :class:`Scene`; ``evaluate`` aggregates per-category and overall accuracy.
+of its bounding box it fills, holes filled (square ~1, circle ~pi/4, triangle ~1/2).  ``score_image`` checks the
+detections against a caption's :class:`Scene`; ``evaluate`` aggregates per-category and overall accuracy.
 """
 
 from collections import defaultdict, deque
@@ -68,6 +68,19 @@ def connected_components(mask: np.ndarray) -> List[np.ndarray]:
     return components
 
 
+def filled_size(pixels: np.ndarray) -> int:
+    """Pixels of a component with its holes filled: everything in its bounding box not reachable from outside it.
+
+    A shape's outline decides its fill ratio; pixels inside it that noise pushed off the palette do not.
+    """
+    origin = pixels.min(0) - 1
+    height, width = pixels.max(0) - origin + 2
+    mask = np.zeros((height, width), dtype=bool)  # a one-pixel empty frame around the bounding box
+    mask[tuple((pixels - origin).T)] = True
+    outside = next(part for part in connected_components(~mask) if (part == 0).all(1).any())
+    return height * width - len(outside)
+
+
 def classify_shape(fill_ratio: float) -> str:
     """Shape from the fraction of the bounding box the object fills."""
     if fill_ratio >= SQUARE_FILL:
@@ -96,7 +109,7 @@ def detect_objects(image: Union[Image.Image, np.ndarray]) -> List[Detection]:
             detections.append(
                 Detection(
                     color=color,
-                    shape=classify_shape(len(pixels) / (box_height * box_width)),
+                    shape=classify_shape(filled_size(pixels) / (box_height * box_width)),
                     position=nearest_position(x, y),
                     x=float(x),
                     y=float(y),
