@@ -61,7 +61,8 @@ class Recipe:
 
 
 # Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate); it also takes the
-# optional stages (per-word text features, the decoder's fine-tuning, caption dropout) so that they stay runnable.
+# optional stages (per-word text features, the decoder's fine-tuning, caption dropout, the student's shift 1) so that
+# they stay runnable.
 SMOKE_RECIPE = Recipe(
     teacher=TeacherRecipe(
         dataset_size=256,
@@ -74,7 +75,13 @@ SMOKE_RECIPE = Recipe(
         dit_batch_size=8,
     ),
     student=StudentRecipe(
-        corpus_images=24, synthesis_steps=2, train_steps=4, batch_size=4, caption_dropout=0.1, synthesis_processes=1
+        corpus_images=24,
+        synthesis_steps=2,
+        train_steps=4,
+        batch_size=4,
+        caption_dropout=0.1,
+        shift=1.0,
+        synthesis_processes=1,
     ),
     evaluation=EvalSettings(seeds=(0,), steps=2),
 )
