@@ -5,15 +5,29 @@ the work: measured on a 2-core AVX2 host, the bias gradient of the autoencoder's
 between 1 and 2 threads, and the weight gradient of some layer shapes between 1 and 3 or 4 threads, so two runs
 of one recipe drift apart after a few hundred steps (docs/tiny-world.md, "Where the spread comes from: the
 autoencoder").  Here the forward pass and the input gradient stay oneDNN's, the bias gradient is a plain sum and
-the weight gradient is one matrix product per kernel offset (``grad_out^T @ shifted input``), which sum in the
-same order for every thread count, like the DiT's linear layers.
+the weight gradient is one matrix product per kernel offset (``grad_out^T @ shifted input``), both computed on one
+thread, so they sum in the same order for every thread count.  On a 2-core AMD EPYC host the matrix products alone
+already did; on a 2-core Intel Xeon host they did not until they ran on one thread.
 """
 
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed sums on one thread: BLAS and reductions may split a long sum across threads (an Intel Xeon
+    host did so for these matrix products), and then its order depends on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def conv2d_weight_grad(
@@ -25,10 +39,11 @@ def conv2d_weight_grad(
     padded = F.pad(image, (padding,) * 4).permute(0, 2, 3, 1)  # channels last: each offset is a strided view
     grad_rows = grad_out.permute(1, 0, 2, 3).reshape(out_channels, -1)  # [O, B * out_h * out_w]
     weight_grad = image.new_empty(out_channels, channels, kernel_size, kernel_size)
-    for i in range(kernel_size):
-        for j in range(kernel_size):
-            rows = padded[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
-            weight_grad[:, :, i, j] = grad_rows @ rows.reshape(-1, channels)
+    with one_thread():
+        for i in range(kernel_size):
+            for j in range(kernel_size):
+                rows = padded[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
+                weight_grad[:, :, i, j] = grad_rows @ rows.reshape(-1, channels)
     return weight_grad
 
 
@@ -58,7 +73,8 @@ class _ReproducibleConv2dFunction(torch.autograd.Function):
         if needs_weight:
             weight_grad = conv2d_weight_grad(image, grad_out, weight.shape[-1], ctx.stride, ctx.padding)
         if needs_bias:
-            bias_grad = grad_out.sum((0, 2, 3))
+            with one_thread():
+                bias_grad = grad_out.sum((0, 2, 3))
         return image_grad, weight_grad, bias_grad, None, None
 
 
