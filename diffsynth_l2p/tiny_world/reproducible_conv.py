@@ -5,9 +5,10 @@ the work: measured on a 2-core AVX2 host, the bias gradient of the autoencoder's
 between 1 and 2 threads, and the weight gradient of some layer shapes between 1 and 3 or 4 threads, so two runs
 of one recipe drift apart after a few hundred steps (docs/tiny-world.md, "Where the spread comes from: the
 autoencoder").  Here the forward pass and the input gradient stay oneDNN's, the bias gradient is a plain sum and
-the weight gradient is one matrix product per kernel offset (``grad_out^T @ shifted input``), both computed on one
-thread, so they sum in the same order for every thread count.  On a 2-core AMD EPYC host the matrix products alone
-already did; on a 2-core Intel Xeon host they did not until they ran on one thread.
+the weight gradient is one matrix product per kernel offset (``grad_out^T @ shifted input``), computed on one thread,
+so both sum in the same order for every thread count.  On a 2-core AMD EPYC host the matrix products already did
+with several threads; on a 2-core Intel Xeon host they did not until they ran on one thread (the plain bias sum
+did on both).
 """
 
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ from torch import nn
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the enclosed sums on one thread: BLAS and reductions may split a long sum across threads (an Intel Xeon
-    host did so for these matrix products), and then its order depends on the thread count."""
+    """Run the enclosed matrix products on one thread: BLAS may split a long sum across threads (an Intel Xeon host
+    did so here), and then its order depends on the thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -73,8 +74,7 @@ class _ReproducibleConv2dFunction(torch.autograd.Function):
         if needs_weight:
             weight_grad = conv2d_weight_grad(image, grad_out, weight.shape[-1], ctx.stride, ctx.padding)
         if needs_bias:
-            with one_thread():
-                bias_grad = grad_out.sum((0, 2, 3))
+            bias_grad = grad_out.sum((0, 2, 3))
         return image_grad, weight_grad, bias_grad, None, None
 
 
