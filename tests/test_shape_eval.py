@@ -10,15 +10,18 @@ from diffsynth_l2p.tiny_world.shape_eval import (
     connected_components,
     detect_objects,
     evaluate,
-    filled_size,
+    filled_mask,
     score_image,
 )
 from diffsynth_l2p.tiny_world.shapes import (
     CATEGORIES,
     COLORS,
+    Placement,
     Scene,
     ShapeSpec,
+    draw,
     evaluation_scenes,
+    place_scene,
     render_scene,
     sample_scene,
 )
@@ -81,15 +84,46 @@ def test_pixels_knocked_out_inside_a_shape_do_not_change_it():
     assert score_image(image, "a blue circle")
 
 
-def test_filled_size_fills_holes_but_not_open_notches():
+def test_filled_mask_fills_holes_but_not_open_notches():
     ring = np.zeros((7, 7), bool)
     ring[1:6, 1:6] = True
     ring[3, 3] = False  # a hole: filled
-    assert filled_size(np.argwhere(ring)) == 25
+    assert filled_mask(np.argwhere(ring)).sum() == 25
     notch = np.zeros((7, 7), bool)
     notch[1:6, 1:6] = True
     notch[1:4, 3] = False  # a notch open to the top edge: not filled
-    assert filled_size(np.argwhere(notch)) == 22
+    assert filled_mask(np.argwhere(notch)).sum() == 22
+
+
+def _wobble(image: np.ndarray, rng: np.random.Generator, amplitude: float, degrees: float) -> np.ndarray:
+    """``image`` resampled (nearest pixel) through a small rotation and a smooth random displacement field."""
+    size = image.shape[0]
+    angle = np.deg2rad(rng.uniform(-degrees, degrees))
+    fields = [
+        np.asarray(Image.fromarray(rng.normal(size=(6, 6)).astype(np.float32)).resize((size, size), Image.BICUBIC))
+        for _ in range(2)
+    ]
+    scale = amplitude / max(np.abs(field).max() for field in fields)
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    source_y = np.cos(angle) * y - np.sin(angle) * x + scale * fields[0] + (size - 1) / 2
+    source_x = np.sin(angle) * y + np.cos(angle) * x + scale * fields[1] + (size - 1) / 2
+    rows, columns = (np.clip(np.rint(c), 0, size - 1).astype(int) for c in (source_y, source_x))
+    return image[rows, columns]
+
+
+def test_wavy_and_skewed_outlines_read_as_drawn_and_other_shapes_do_not():
+    """Generated shapes have wavy, slightly rotated outlines that a bounding box exaggerates; the reading holds."""
+    rng = np.random.default_rng(5)
+    scenes = [scene for scene in evaluation_scenes() for _ in range(2)]
+    other = {"circle": "square", "square": "triangle", "triangle": "circle"}
+    drawn, swapped = [], []
+    for scene in scenes:
+        placements = place_scene(scene, rng)
+        drawn.append(_wobble(np.asarray(draw(placements)), rng, amplitude=2.0, degrees=8.0))
+        changed = [Placement(ShapeSpec(p.spec.color, other[p.spec.shape]), p.x, p.y, p.half) for p in placements]
+        swapped.append(_wobble(np.asarray(draw(changed)), rng, amplitude=2.0, degrees=8.0))
+    assert evaluate(zip(drawn, scenes, strict=True))["overall"] >= 0.95
+    assert evaluate(zip(swapped, scenes, strict=True))["overall"] == 0.0
 
 
 def test_noise_and_blank_images_score_zero():
@@ -101,12 +135,16 @@ def test_noise_and_blank_images_score_zero():
         evaluate([])
 
 
-def test_components_and_shape_thresholds():
+def test_components_and_shape_templates():
     mask = np.zeros((6, 6), bool)
     mask[0, 0] = mask[1, 1] = True  # diagonal neighbours: one 8-connected component
     mask[4:, 4:] = True
     assert sorted(len(c) for c in connected_components(mask)) == [2, 4]
-    assert [classify_shape(r) for r in (1.0, np.pi / 4, 0.5)] == ["square", "circle", "triangle"]
+    for half in (6, 10, 14):
+        y, x = np.mgrid[-half : half + 1, -half : half + 1]
+        square, disk = np.ones_like(y, bool), x**2 + y**2 <= half**2
+        triangle = np.abs(x) <= (y + half) / 2  # apex at the top, as wide as tall
+        assert [classify_shape(np.pad(m, 1)) for m in (square, disk, triangle)] == ["square", "circle", "triangle"]
 
 
 def test_overall_is_the_mean_of_the_category_scores():

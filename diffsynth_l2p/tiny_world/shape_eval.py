@@ -1,9 +1,10 @@
 """ShapeEval: a deterministic shapes-world detector and a GenEval-style scorer.
 
 ``detect_objects`` segments the image by color (each pixel is explained as a blend of the background and one
-palette color), splits every color into 8-connected components and classifies each component's shape by how much
-of its bounding box it fills, holes filled (square ~1, circle ~pi/4, triangle ~1/2).  ``score_image`` checks the
-detections against a caption's :class:`Scene`; ``evaluate`` aggregates per-category and overall accuracy.
+palette color), splits every color into 8-connected components and classifies each component's shape as the one
+of the world's three it overlaps best: a square, a disk or an apex-up triangle with the component's area and
+centroid (holes filled).  ``score_image`` checks the detections against a caption's :class:`Scene`; ``evaluate``
+aggregates per-category and overall accuracy.
 """
 
 from collections import defaultdict, deque
@@ -25,7 +26,6 @@ from .shapes import (
 )
 
 MIN_AREA = 12  # components smaller than this are noise
-SQUARE_FILL, CIRCLE_FILL = 0.88, 0.64  # fill-ratio thresholds: square above, circle between, triangle below
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
@@ -68,24 +68,49 @@ def connected_components(mask: np.ndarray) -> List[np.ndarray]:
     return components
 
 
-def filled_size(pixels: np.ndarray) -> int:
-    """Pixels of a component with its holes filled: everything in its bounding box not reachable from outside it.
+def filled_mask(pixels: np.ndarray) -> np.ndarray:
+    """A component as a mask of its bounding box plus a one-pixel frame, with its holes filled.
 
-    A shape's outline decides its fill ratio; pixels inside it that noise pushed off the palette do not.
+    Everything in the box not reachable from outside it belongs to the shape: its outline decides, and pixels inside
+    it that noise pushed off the palette do not.
     """
     origin = pixels.min(0) - 1
     height, width = pixels.max(0) - origin + 2
-    mask = np.zeros((height, width), dtype=bool)  # a one-pixel empty frame around the bounding box
+    mask = np.zeros((height, width), dtype=bool)
     mask[tuple((pixels - origin).T)] = True
     outside = next(part for part in connected_components(~mask) if (part == 0).all(1).any())
-    return height * width - len(outside)
+    filled = np.ones_like(mask)
+    filled[tuple(outside.T)] = False
+    return filled
 
 
-def classify_shape(fill_ratio: float) -> str:
-    """Shape from the fraction of the bounding box the object fills."""
-    if fill_ratio >= SQUARE_FILL:
-        return "square"
-    return "circle" if fill_ratio >= CIRCLE_FILL else "triangle"
+def template_overlaps(mask: np.ndarray) -> Dict[str, float]:
+    """Intersection over union of ``mask`` with each shape as :func:`.shapes.draw` draws it, same area and centroid.
+
+    The templates: an axis-aligned square, a disk, and a triangle as wide as it is tall with its apex up.  Matching
+    area and centroid instead of the bounding box makes the reading robust to what a generator's outlines have and
+    renders do not: wavy or slightly skewed edges and single stray pixels, which widen a box but barely move the area.
+    """
+    area = mask.sum()
+    side, radius, height = np.sqrt(area), np.sqrt(area / np.pi), np.sqrt(2 * area)
+    pad = int(np.ceil(height))  # every template fits in the mask's box grown by its largest extent
+    grid = np.pad(mask, pad)
+    ys, xs = np.nonzero(grid)
+    cy, cx = ys.mean(), xs.mean()
+    y, x = np.mgrid[: grid.shape[0], : grid.shape[1]]
+    below_apex = y - (cy - 2 * height / 3)  # a triangle's centroid lies two thirds of its height below the apex
+    templates = {
+        "square": (np.abs(x - cx) <= side / 2) & (np.abs(y - cy) <= side / 2),
+        "circle": (x - cx) ** 2 + (y - cy) ** 2 <= radius**2,
+        "triangle": (below_apex >= 0) & (below_apex <= height) & (np.abs(x - cx) <= below_apex / 2),
+    }
+    return {name: float((grid & shape).sum() / (grid | shape).sum()) for name, shape in templates.items()}
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    """The shape whose template overlaps the (hole-filled) component mask best."""
+    overlaps = template_overlaps(mask)
+    return max(overlaps, key=overlaps.get)
 
 
 def nearest_position(x: float, y: float) -> str:
@@ -104,12 +129,11 @@ def detect_objects(image: Union[Image.Image, np.ndarray]) -> List[Detection]:
             if len(pixels) < MIN_AREA:
                 continue
             (top, left), (bottom, right) = pixels.min(0), pixels.max(0)
-            box_height, box_width = bottom - top + 1, right - left + 1
             x, y = (left + right) / 2, (top + bottom) / 2
             detections.append(
                 Detection(
                     color=color,
-                    shape=classify_shape(filled_size(pixels) / (box_height * box_width)),
+                    shape=classify_shape(filled_mask(pixels)),
                     position=nearest_position(x, y),
                     x=float(x),
                     y=float(y),
