@@ -150,6 +150,11 @@ def _add_generate(sub) -> None:
         help="classifier-free guidance scale; 1 disables it (default: the model's, 2.0 for the 1K release, 4.0 for "
         "4K/8K/10K and the tiny models)",
     )
+    parser.add_argument(
+        "--cfg-max-sigma", type=float_option(0, inclusive=False), default=None,
+        help="guide only the steps whose sigma is at most this (default: the model's: every step, 0.8 for the tiny "
+        "models; 1 guides every step)",
+    )
     parser.add_argument("--height", type=int_option(1), default=None, help="image height (default: model's native)")
     parser.add_argument("--width", type=int_option(1), default=None, help="image width (default: model's native)")
     parser.add_argument(
@@ -222,7 +227,8 @@ def _run_generate(args: argparse.Namespace) -> int:
             pipe, records, args.out,
             height=height, width=width,
             num_inference_steps=args.steps, cfg_scale=args.cfg, sigma_shift=args.shift,
-            negative_prompt=args.negative, seed=args.seed, num_images=args.num_images, model=files["dit"],
+            cfg_max_sigma=args.cfg_max_sigma, negative_prompt=args.negative, seed=args.seed,
+            num_images=args.num_images, model=files["dit"],
         )
     for path in paths:
         print(path)
@@ -525,6 +531,10 @@ def _add_tiny_world(sub) -> None:
     evaluate.add_argument("--seeds", type=int_option(1), default=4, help="images per prompt (default: 4)")
     evaluate.add_argument("--steps", type=int_option(1), default=20, help="sampling steps (default: 20)")
     evaluate.add_argument("--cfg", type=float_option(0), default=4.0, help="CFG scale (default: 4.0, as shipped)")
+    evaluate.add_argument(
+        "--cfg-max-sigma", type=float_option(0, inclusive=False), default=0.8,
+        help="guide only the steps whose sigma is at most this (default: 0.8, as shipped; 1 guides every step)",
+    )
     evaluate.add_argument("--threads", type=int_option(1), default=2, help="torch threads (default: 2)")
     evaluate.set_defaults(func=_run_tiny_world_eval)
     ablate = verbs.add_parser(
@@ -560,7 +570,9 @@ def _run_tiny_world_eval(args: argparse.Namespace) -> int:
     from .tiny_world.reproduce import EvalSettings, evaluate_directories, format_report
 
     torch.set_num_threads(args.threads)
-    settings = EvalSettings(seeds=tuple(range(args.seeds)), steps=args.steps, cfg_scale=args.cfg)
+    settings = EvalSettings(
+        seeds=tuple(range(args.seeds)), steps=args.steps, cfg_scale=args.cfg, cfg_max_sigma=args.cfg_max_sigma
+    )
     reports, seconds = evaluate_directories(args.model, settings)
     print(format_report(reports))
     print("Seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))

@@ -56,6 +56,7 @@ def generate_to_files(
     num_inference_steps: Optional[int] = None,
     cfg_scale: Optional[float] = None,
     sigma_shift: Optional[float] = None,
+    cfg_max_sigma: Optional[float] = None,
     negative_prompt: str = "",
     seed: Optional[int] = None,
     num_images: int = 1,
@@ -68,7 +69,12 @@ def generate_to_files(
     defaults resolved (see ``read_png_parameters``); ``model`` is recorded as given.
     """
     defaults = pipe.with_defaults(
-        height=height, width=width, num_inference_steps=num_inference_steps, cfg_scale=cfg_scale, seed=seed
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        cfg_max_sigma=cfg_max_sigma,
     )
     paths = output_paths(out, [record["prompt"] for record in records for _ in range(num_images)])
     several = len(records) > 1
@@ -82,6 +88,7 @@ def generate_to_files(
             width=defaults["width"],
             num_inference_steps=defaults["num_inference_steps"],
             cfg_scale=defaults["cfg_scale"],
+            cfg_max_sigma=defaults["cfg_max_sigma"],
             sigma_shift=sigma_shift,
         )
         progress = (lambda steps: steps) if several else tqdm

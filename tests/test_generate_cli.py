@@ -35,6 +35,7 @@ def test_fresh_command_line_writes_an_image_with_its_parameters(tmp_path):
     # The tiny configuration's own CFG default (the 1K release's would be 2.0).
     assert (parameters["seed"], parameters["num_inference_steps"], parameters["cfg_scale"]) == (42, 30, 4.0)
     assert parameters["sigma_shift"] == 3.0 and parameters["model"].endswith("l2p-dit.safetensors")
+    assert parameters["cfg_max_sigma"] == 0.8  # the tiny models guide only below sigma 0.8
 
 
 def test_prompts_file_and_num_images_number_the_outputs(tiny_model_set, tmp_path, capsys):

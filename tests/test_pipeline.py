@@ -72,15 +72,16 @@ def test_call_defaults_come_from_the_loaded_config_the_1k_release_examples_by_de
     import inspect
 
     defaults = {k: v.default for k, v in inspect.signature(ZImageL2PPipeline.__call__).parameters.items()}
-    names = ("num_inference_steps", "cfg_scale", "seed", "height", "width", "sigma_shift")
+    names = ("num_inference_steps", "cfg_scale", "seed", "height", "width", "cfg_max_sigma", "sigma_shift")
     assert [defaults[name] for name in names] == [None] * len(names) and defaults["num_images"] == 1
     fresh = ZImageL2PPipeline(device="cpu", torch_dtype=torch.float32)  # nothing loaded yet: the 1K release's
     assert fresh.with_defaults(**dict.fromkeys(names[:-1])) == dict(
-        num_inference_steps=30, cfg_scale=2.0, seed=42, height=1024, width=1024
+        num_inference_steps=30, cfg_scale=2.0, seed=42, height=1024, width=1024, cfg_max_sigma=None
     )
     assert (fresh.sigma_shift_for(1024, 1024), fresh.sigma_shift_for(4096, 4096)) == (3.0, 4.5)
     assert (fresh.config, fresh.max_pixels, pipe.config) == (L2P_CONFIGS["1k"], 4096**2, L2P_CONFIGS["tiny"])
     assert pipe.with_defaults(cfg_scale=None, height=None, width=None) == dict(cfg_scale=4.0, height=64, width=64)
+    assert pipe.with_defaults(cfg_max_sigma=None) == dict(cfg_max_sigma=0.8)  # the tiny models guide below 0.8
     assert pipe.with_defaults(cfg_scale=1.5, seed=0) == dict(cfg_scale=1.5, seed=0)
 
 
@@ -105,7 +106,15 @@ def test_dit_forwards_per_step_and_their_captions(pipe, cfg_scale, batch_cfg, nu
         pipe.text_encoder.register_forward_hook(lambda *args: encodes.append(1)),
     ]
     try:
-        pipe(PROMPT, negative_prompt="green", cfg_scale=cfg_scale, batch_cfg=batch_cfg, num_images=num_images, **FAST)
+        pipe(
+            PROMPT,
+            negative_prompt="green",
+            cfg_scale=cfg_scale,
+            batch_cfg=batch_cfg,
+            num_images=num_images,
+            cfg_max_sigma=1.0,  # guidance at every step
+            **FAST,
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -114,11 +123,23 @@ def test_dit_forwards_per_step_and_their_captions(pipe, cfg_scale, batch_cfg, nu
     assert len(encodes) == (1 if cfg_scale == 1 else 2)
 
 
-@pytest.mark.parametrize("batch_cfg", [True, False])
-def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch, batch_cfg):
+@pytest.mark.parametrize("cfg_max_sigma, guided_steps", [(None, [False, False, True]), (0.9, [False, True, True])])
+def test_guidance_runs_only_at_sigmas_up_to_cfg_max_sigma(pipe, cfg_max_sigma, guided_steps):
+    """3 steps at shift 3 have sigmas 1, 0.857 and 0.6; the tiny models' default (0.8) guides only the last."""
+    batches = []
+    hook = pipe.dit.register_forward_pre_hook(lambda _, args: batches.append(len(args[0])))
+    try:
+        pipe(PROMPT, cfg_scale=2.0, cfg_max_sigma=cfg_max_sigma, **FAST)
+    finally:
+        hook.remove()
+    assert batches == [2 if guided else 1 for guided in guided_steps]
+
+
+@pytest.mark.parametrize("batch_cfg, cfg_max_sigma", [(True, 1.0), (False, 1.0), (True, 0.8), (False, 0.8)])
+def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch, batch_cfg, cfg_max_sigma):
     steps, cfg, seed, shift = 4, 2.5, 3, 3.0
     recorder = FinalSamples(pipe, monkeypatch)
-    kwargs = dict(FAST, num_inference_steps=steps, batch_cfg=batch_cfg)
+    kwargs = dict(FAST, num_inference_steps=steps, batch_cfg=batch_cfg, cfg_max_sigma=cfg_max_sigma)
     image = pipe(PROMPT, negative_prompt="yellow", cfg_scale=cfg, seed=seed, **kwargs)
 
     encode = pipe.units[1].encode_prompt
@@ -130,7 +151,8 @@ def test_sampling_equals_a_plain_euler_loop(pipe, monkeypatch, batch_cfg):
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
             t = (sigma * 1000).reshape(1)
             v_pos, v_neg = pipe.dit(x, t, positive), pipe.dit(x, t, negative)
-            x = x + (v_neg + cfg * (v_pos - v_neg)) * (sigma_next - sigma)
+            scale = cfg if sigma <= cfg_max_sigma else 1.0  # no guidance above cfg_max_sigma
+            x = x + (v_neg + scale * (v_pos - v_neg)) * (sigma_next - sigma)
     assert (recorder.samples[0] - x[0]).abs().max().item() <= 1e-5
     expected = (((x[0] + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(np.asarray(image), expected)
@@ -267,6 +289,7 @@ def test_non_image_input_image_names_the_fix(pipe):
         (dict(cfg_scale=-1.0), ValueError, "cfg_scale must be >= 0, got -1"),
         (dict(sigma_shift=0.0), ValueError, "sigma_shift must be > 0, got 0"),
         (dict(sigma_shift=float("nan")), ValueError, "sigma_shift must be a finite number"),
+        (dict(cfg_max_sigma=0.0), ValueError, "cfg_max_sigma must be > 0, got 0"),
         (dict(seed=-1), ValueError, r"seed must be an integer in 0..18446744073709551615, got -1"),
         (dict(seed=2**64 - 1, num_images=2), ValueError, r"seed must be an integer in 0..18446744073709551614"),
         (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),

@@ -42,6 +42,8 @@ class L2PConfig:
     default_cfg_scale: float = 2.0  # the 1K release's examples
     default_steps: int = 30
     default_sigma_shift: Optional[float] = None
+    # Guidance only at steps whose sigma is at most this (None: at every step, as the releases sample).
+    default_cfg_max_sigma: Optional[float] = None
     default_seed: int = 42
     size_step: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -144,6 +146,8 @@ L2P_TINY = L2PConfig(
     default_height=64,
     default_width=64,
     default_cfg_scale=4.0,  # the shipped tiny-world student is scored at CFG 4 (docs/tiny-world.md)
+    # no guidance while sigma > 0.8: at high noise it makes the tiny models draw extra objects (docs/tiny-world.md)
+    default_cfg_max_sigma=0.8,
 )
 
 L2P_CONFIGS: Dict[str, L2PConfig] = {"1k": L2P_1K, "4k": L2P_4K, "8k": L2P_8K, "10k": L2P_10K, "tiny": L2P_TINY}

@@ -41,6 +41,7 @@ CONFIG_DEFAULTS = {
     "width": "default_width",
     "seed": "default_seed",
     "num_inference_steps": "default_steps",
+    "cfg_max_sigma": "default_cfg_max_sigma",
 }
 MAX_PIXELS_HINT = "or raise pipe.max_pixels (e.g. pipe.max_pixels = 10240 * 10240)"
 TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
@@ -50,6 +51,11 @@ def default_sigma_shift(height: int, width: int) -> float:
     """Scheduler shift: 3 up to 1024x1024 pixels, then +0.75 per doubling of the side (3.75 at 2K, 4.5 at 4K)."""
     area_ratio = height * width / (1024 * 1024)
     return 3.0 if area_ratio <= 1 else 3.0 + 0.375 * math.log2(area_ratio)
+
+
+def guidance_at(cfg_scale: float, cfg_max_sigma: Optional[float], sigma: Union[float, torch.Tensor]) -> float:
+    """The CFG scale of a step at ``sigma``: ``cfg_scale`` unless the sigma is above ``cfg_max_sigma``, then 1."""
+    return cfg_scale if cfg_max_sigma is None or float(sigma) <= cfg_max_sigma else 1.0
 
 
 def check_input_image(image: Any) -> None:
@@ -208,6 +214,7 @@ class ZImageL2PPipeline(BasePipeline):
         input_image: Optional[Image.Image],
         sigma_shift: Optional[float] = None,
         seed: Optional[int] = None,
+        cfg_max_sigma: Optional[float] = None,
     ) -> Tuple[int, int]:
         """Validate the call's arguments before anything is allocated; return the size rounded up to the patch."""
         self.check_models()
@@ -215,8 +222,9 @@ class ZImageL2PPipeline(BasePipeline):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
         check_float(cfg_scale, "cfg_scale")
-        if sigma_shift is not None:
-            check_float(sigma_shift, "sigma_shift", inclusive=False)
+        for name, value in (("sigma_shift", sigma_shift), ("cfg_max_sigma", cfg_max_sigma)):
+            if value is not None:
+                check_float(value, name, inclusive=False)
         check_int(num_inference_steps, "num_inference_steps")
         check_int(num_images, "num_images")
         if seed is not None:
@@ -299,6 +307,7 @@ class ZImageL2PPipeline(BasePipeline):
         denoising_strength: float = 1.0,
         num_images: int = 1,
         batch_cfg: bool = True,
+        cfg_max_sigma: Optional[float] = None,
         progress_bar_cmd=tqdm,
     ) -> List[Image.Image]:
         """Generate ``num_images`` PIL images for one prompt (always a list; ``pipe(...)`` unwraps a single one).
@@ -317,9 +326,16 @@ class ZImageL2PPipeline(BasePipeline):
         DiT forward of batch ``2 * num_images`` per step; ``batch_cfg=False`` runs two forwards of batch
         ``num_images`` instead (about half the activation memory). The images agree up to batch rounding
         (a few uint8 levels on a few pixels).
+        ``cfg_max_sigma`` limits guidance to the steps whose sigma is at most it (the others run the positive prompt
+        alone); its default is the config's: every step (``None``), except 0.8 for the tiny models.
         """
-        cfg_scale, height, width, seed, num_inference_steps = self.with_defaults(
-            cfg_scale=cfg_scale, height=height, width=width, seed=seed, num_inference_steps=num_inference_steps
+        cfg_scale, height, width, seed, num_inference_steps, cfg_max_sigma = self.with_defaults(
+            cfg_scale=cfg_scale,
+            height=height,
+            width=width,
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            cfg_max_sigma=cfg_max_sigma,
         ).values()
         height, width = self.check_inputs(
             prompt,
@@ -333,6 +349,7 @@ class ZImageL2PPipeline(BasePipeline):
             input_image,
             sigma_shift,
             seed,
+            cfg_max_sigma,
         )
         if sigma_shift is None:
             sigma_shift = self.sigma_shift_for(height, width)
@@ -365,7 +382,7 @@ class ZImageL2PPipeline(BasePipeline):
             timestep = timestep.unsqueeze(0).to(dtype=self.torch_dtype, device=self.device)
             noise_pred = self.cfg_guided_model_fn(
                 self.model_fn,
-                cfg_scale,
+                guidance_at(cfg_scale, cfg_max_sigma, self.scheduler.sigmas[progress_id]),
                 inputs_shared,
                 inputs_posi,
                 inputs_nega,

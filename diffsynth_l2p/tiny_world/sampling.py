@@ -5,14 +5,14 @@ same pieces the pipelines use (their prompt unit, noise generator, scheduler and
 matches the pipeline's own call with that prompt and seed up to bf16 batch rounding (``tests/test_tiny_world.py``).
 """
 
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
 from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
 
 from ..models.backbone import latent_velocity
-from ..pipelines.z_image_l2p import model_fn_z_image_l2p
+from ..pipelines.z_image_l2p import guidance_at, model_fn_z_image_l2p
 from .shapes import IMAGE_SIZE
 
 
@@ -38,26 +38,31 @@ def _initial_noise(pipe: Any, seeds: Sequence[int], latent: bool) -> torch.Tenso
 
 @torch.no_grad()
 def _sample_batch(
-    pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg_scale: float
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    cfg_scale: float,
+    cfg_max_sigma: Optional[float],
 ) -> List[np.ndarray]:
     latent = isinstance(pipe, ZImagePipeline)
-    batch = len(prompts)
     positive = encode_prompts(pipe, prompts)
-    negative = encode_prompts(pipe, [""]) * batch
-    embeds = positive + negative if cfg_scale != 1.0 else positive
+    negative = encode_prompts(pipe, [""]) * len(prompts)
     shift = None if latent else pipe.sigma_shift_for(IMAGE_SIZE, IMAGE_SIZE)  # each pipeline's own default
     pipe.scheduler.set_timesteps(steps, denoising_strength=1.0, shift=shift)
     x = _initial_noise(pipe, seeds, latent)
-    for timestep in pipe.scheduler.timesteps:
+    for timestep, sigma in zip(pipe.scheduler.timesteps, pipe.scheduler.sigmas, strict=True):
+        scale = guidance_at(cfg_scale, cfg_max_sigma, sigma)
+        embeds = positive + negative if scale != 1.0 else positive
         t = timestep.to(pipe.torch_dtype).expand(len(embeds))
-        both = torch.cat([x, x]) if cfg_scale != 1.0 else x
+        both = torch.cat([x, x]) if scale != 1.0 else x
         if latent:
             velocity = latent_velocity(pipe.dit, both, t, embeds)
         else:
             velocity = model_fn_z_image_l2p(pipe.dit, both, t, embeds, computation_dtype=pipe.torch_dtype)
-        if cfg_scale != 1.0:
+        if scale != 1.0:
             posi, nega = velocity.chunk(2)
-            velocity = nega + cfg_scale * (posi - nega)
+            velocity = nega + scale * (posi - nega)
         x = pipe.scheduler.step(velocity, timestep, x)
     # As each pipeline converts: the stock one from the decoder's dtype, the L2P one from fp32 pixels.
     images = pipe.vae_decoder(x) if latent else x.float()
@@ -71,12 +76,17 @@ def sample_images(
     steps: int = 20,
     cfg_scale: float = 2.0,
     batch_size: int = 64,
+    cfg_max_sigma: Optional[float] = None,
 ) -> List[np.ndarray]:
-    """One 64x64 RGB uint8 image per (prompt, seed) pair, ``batch_size`` pairs per batched forward."""
+    """One 64x64 RGB uint8 image per (prompt, seed) pair, ``batch_size`` pairs per batched forward.
+
+    ``cfg_max_sigma`` guides only the steps whose sigma is at most it (``None``: every step, as DiffSynth's
+    ``ZImagePipeline`` does); ``ZImageL2PPipeline`` takes the same argument.
+    """
     if len(prompts) != len(seeds):
         raise ValueError(f"Got {len(prompts)} prompts and {len(seeds)} seeds; pass one seed per prompt.")
     images: List[np.ndarray] = []
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
-        images += _sample_batch(pipe, prompts[chunk], seeds[chunk], steps, cfg_scale)
+        images += _sample_batch(pipe, prompts[chunk], seeds[chunk], steps, cfg_scale, cfg_max_sigma)
     return images

@@ -242,6 +242,7 @@ def evaluate_pipeline(
     num_inference_steps: int = 20,
     cfg_scale: float = 2.0,
     batch_size: int = 64,
+    cfg_max_sigma: Optional[float] = None,
 ) -> Tuple[Dict[str, float], List[np.ndarray]]:
     """ShapeEval of the teacher or an L2P pipeline on ``scenes`` (default: held-out set); returns (report, images).
 
@@ -260,5 +261,6 @@ def evaluate_pipeline(
         num_inference_steps,
         cfg_scale,
         batch_size,
+        cfg_max_sigma,
     )
     return evaluate(zip(images, [scene for scene, _ in jobs], strict=True), by_pair=True), images
