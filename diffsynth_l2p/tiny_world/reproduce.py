@@ -72,9 +72,7 @@ class Recipe:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
 
 
-# Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate); it also takes the
-# optional stages (per-word text features, the decoder's fine-tuning, caption dropout, the student's shift 1) so that
-# they stay runnable.
+# Tiny budgets: minutes on a CPU, for CI to check that the chain runs (not a quality gate).
 SMOKE_RECIPE = Recipe(
     teacher=TeacherRecipe(
         dataset_size=256,
@@ -82,19 +80,10 @@ SMOKE_RECIPE = Recipe(
         ae_batch_size=8,
         ae_max_final_loss=None,
         decoder_steps=10,
-        text_attention=False,
         dit_steps=20,
         dit_batch_size=8,
     ),
-    student=StudentRecipe(
-        corpus_images=24,
-        synthesis_steps=2,
-        train_steps=4,
-        batch_size=4,
-        caption_dropout=0.1,
-        shift=1.0,
-        synthesis_processes=1,
-    ),
+    student=StudentRecipe(corpus_images=24, synthesis_steps=2, train_steps=4, batch_size=4, synthesis_processes=1),
     evaluation=EvalSettings(seeds=(0,), steps=2),
 )
 

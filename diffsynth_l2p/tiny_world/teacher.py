@@ -6,8 +6,8 @@ The teacher is a DiffSynth latent Z-Image model set that DiffSynth's **own** ``Z
   backbone sizes, so ``l2p convert`` maps it onto the tiny L2P DiT (patch 16 on 64x64 pixels = the same grid);
 - ``vae_encoder.safetensors`` / ``vae_decoder.safetensors``: the 8x-down, 16-channel :mod:`.autoencoder`;
 - ``text_encoder/`` and ``tokenizer/``: the tiny Qwen3 text encoder (it starts as ``build_tiny_l2p(seed=0)``'s and
-  learns with the DiT, as a stand-in for a pretrained one; ``TeacherRecipe.text_attention=False`` switches its
-  attention off so that each word's feature is its own) and the word-level tokenizer; the student keeps both.
+  learns with the DiT, as a stand-in for a pretrained one, with its attention off so that each word's feature is its
+  own; ``TeacherRecipe.text_attention=True`` keeps it) and the word-level tokenizer; the student keeps both.
 
 Training is resumable: the autoencoder and periodic DiT states are kept in a work directory, and a rerun
 continues from the last state with the same result as an uninterrupted run.
@@ -78,7 +78,7 @@ class TeacherRecipe:
     ae_lr: float = 1e-3
     ae_max_final_loss: Optional[float] = 0.02  # a learned codec reaches ~0.003, a flat image ~0.17; None: no check
     # Then the decoder alone, on codes with more noise (0 steps: skipped), so guided samples decode cleaner.
-    decoder_steps: int = 0
+    decoder_steps: int = 2000
     decoder_latent_noise: float = 0.3
     dit_steps: int = 10000
     dit_batch_size: int = 32
@@ -87,7 +87,7 @@ class TeacherRecipe:
     uncond_prob: float = 0.1
     # False: the text encoder's attention is off, so each caption token's feature is that word's alone and the DiT
     # binds colors to shapes itself (docs/tiny-world.md, "Words that do not blend").
-    text_attention: bool = True
+    text_attention: bool = False
     checkpoint_every: int = 500
     curve_every: int = 1000  # steps between probes of the EMA teacher (the score-vs-time curve)
     seed: int = 0
