@@ -24,7 +24,7 @@ def pipe():
 def test_forward_count_is_steps_times_passes_and_prompts_are_encoded_twice(pipe, batch_cfg, passes):
     steps = 3
     call = dict(prompt=overhead.PROMPT, negative_prompt=overhead.NEGATIVE, cfg_scale=4.0, height=32, width=32,
-                num_inference_steps=steps, batch_cfg=batch_cfg, progress_bar_cmd=lambda s: s)
+                num_inference_steps=steps, batch_cfg=batch_cfg, cfg_max_sigma=1.0, progress_bar_cmd=lambda s: s)
     sample = overhead.measure_call(pipe, call)
     assert sample["forward_calls"] == steps * passes
     assert sample["encoder_calls"] == 2  # positive + negative
