@@ -146,7 +146,8 @@ L2P_TINY = L2PConfig(
     default_height=64,
     default_width=64,
     default_cfg_scale=4.0,  # the shipped tiny-world student is scored at CFG 4 (docs/tiny-world.md)
-    # no guidance while sigma > 0.8: at high noise it makes the tiny models draw extra objects (docs/tiny-world.md)
+    # no guidance while sigma > 0.8: at high noise it made the tiny-world teachers draw extra objects
+    # (docs/tiny-world.md, "Guidance in a limited interval")
     default_cfg_max_sigma=0.8,
 )
 

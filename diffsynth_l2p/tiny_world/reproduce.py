@@ -46,8 +46,8 @@ GATE_PER_CATEGORY, GATE_SEEDS, GATE_METRICS = 3, (0, 1), ("overall", "color")
 class EvalSettings:
     """How ShapeEval samples: seeds per held-out prompt, sampling steps, CFG scale and the largest guided sigma.
 
-    Guidance stops above sigma 0.8 (the tiny models' pipeline default): at the highest noise levels it makes
-    both models draw one object more than a count asks for (docs/tiny-world.md, "Guidance in a limited interval").
+    Guidance stops above sigma 0.8 (the tiny models' pipeline default): at the highest noise levels it made the
+    teachers draw more objects than a count asks for (docs/tiny-world.md, "Guidance in a limited interval").
     """
 
     seeds: Tuple[int, ...] = (0, 1, 2, 3)
