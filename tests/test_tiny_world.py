@@ -266,7 +266,7 @@ def test_smoke_ablations_train_four_students_from_one_teacher_and_resume(tmp_pat
     }
 
 
-def test_student_recipe_shift_and_dropout_reach_l2p_train(tmp_path, monkeypatch):
+def test_student_recipe_training_settings_reach_l2p_train(tmp_path, monkeypatch):
     """StudentRecipe's training settings are what `l2p train` gets (captured before any step runs)."""
     from diffsynth_l2p.tiny_world import student
 
@@ -280,9 +280,9 @@ def test_student_recipe_shift_and_dropout_reach_l2p_train(tmp_path, monkeypatch)
         raise Stop
 
     monkeypatch.setattr(student, "train", capture)
-    recipe = student.StudentRecipe(data="real", corpus_images=4, shift=1.0, caption_dropout=0.25)
+    recipe = student.StudentRecipe(data="real", corpus_images=4, shift=1.0, caption_dropout=0.25, lr_scheduler="linear")
     with pytest.raises(Stop):
         student.train_student(tmp_path / "student", tmp_path / "work", ASSETS_DIR, recipe)
     (config,) = seen
-    assert (config.shift, config.caption_dropout, config.preset) == (1.0, 0.25, "full")
+    assert (config.shift, config.caption_dropout, config.preset, config.lr_scheduler) == (1.0, 0.25, "full", "linear")
     assert (tmp_path / "work" / "init.safetensors").is_file() and not (tmp_path / "student").exists()
