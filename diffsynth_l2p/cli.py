@@ -511,7 +511,7 @@ def _add_tiny_world(sub) -> None:
         help="teacher, corpus, conversion, student training, merge, evaluation and report, seeded and resumable",
         description=(
             "Run the whole tiny-world chain into OUT_DIR (teacher/, student/, report/, work/). Rerun the same "
-            "command after a kill to continue where it stopped. About 50 minutes on 2 CPU cores."
+            "command after a kill to continue where it stopped. About 57 minutes on 2 CPU cores."
         ),
     )
     reproduce.add_argument("out_dir", help="output directory (created; reuse it to resume)")
