@@ -25,7 +25,7 @@ from bench_io import write_results
 from diffsynth.diffusion.base_pipeline import BasePipeline
 
 from diffsynth_l2p.pipelines.loading import load_pipeline
-from diffsynth_l2p.pipelines.z_image_l2p import model_fn_z_image_l2p
+from diffsynth_l2p.pipelines.pixel_pipeline import model_fn_l2p
 from diffsynth_l2p.tiny_world.sampling import encode_prompts
 
 OUT = Path(__file__).resolve().parent / "results" / "compile.json"
@@ -52,7 +52,7 @@ def time_size(eager_dit: Any, compiled_dit: Any, cap: List[torch.Tensor], size: 
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     t = torch.tensor([500.0])
     eager, compiled = (
-        functools.partial(model_fn_z_image_l2p, dit, x, t, cap, computation_dtype=torch.float32)
+        functools.partial(model_fn_l2p, dit, x, t, cap, computation_dtype=torch.float32)
         for dit in (eager_dit, compiled_dit)
     )
     first_eager = timed(eager)

@@ -1,4 +1,7 @@
-"""Latent Z-Image DiT checkpoint -> L2P pixel-space initialisation (see ``docs/architecture.md``).
+"""Latent DiT checkpoint -> L2P pixel-space initialisation (see ``docs/architecture.md`` and ``docs/transfer.md``).
+
+Z-Image is the default family; Qwen-Image and FLUX.2 checkpoints convert the same way with ``family=`` (the source is
+recognised by comparing its keys and shapes with the family's named sizes, built on the meta device).
 
 Every source tensor whose key and shape the pixel model shares is copied bit for bit (source dtype
 kept); the latent patch embedder and ``all_final_layer`` are dropped; the pixel patch embedder and
@@ -12,6 +15,8 @@ stays but whose shape changes are re-initialised, and the head stages and patch 
 """
 
 import functools
+import importlib
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -20,7 +25,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 import torch
 
-from .inspection import PIXEL_MODULE_PREFIXES, checkpoint_kind, infer_dit_dims, l2p_layout_name
+from .families import DEFAULT_FAMILY, Family, all_families, get_family
+from .inspection import checkpoint_kind, infer_dit_dims, l2p_layout_name
 from .models.configs import L2P_CONFIGS
 from .registry import find_registered, meta_model, meta_state_shapes
 from .safetensors_io import (
@@ -64,6 +70,7 @@ class ConversionPlan:
     output_layout: Layout
     output_hash: str
     source_layout: Optional[str] = None  # named layout of a pixel source (``--from-pixel``); None for a latent one
+    family: str = DEFAULT_FAMILY  # whose pixel DiT class ``kwargs`` are for
 
     @property
     def reinitialised(self) -> Tuple[str, ...]:
@@ -105,14 +112,19 @@ def _resolve_config(config: ConfigArg, source_dims: Dict[str, int]) -> Tuple[Opt
     return name, kwargs
 
 
-def incomplete_blocks(keys: Sequence[str]) -> List[str]:
+def incomplete_blocks(keys: Sequence[str], containers: Sequence[str] = ()) -> List[str]:
     """Transformer blocks (``layers.7``) that are absent or lack tensors other blocks of their module have.
 
-    A complete Z-Image DiT has none; a checkpoint read without one of its shards usually has some.
+    A complete DiT has none; a checkpoint read without one of its shards usually has some.  ``containers`` names the
+    block lists to check (default: Z-Image's).
     """
+    pattern = _BLOCK_KEY
+    if containers:
+        names = "|".join(re.escape(container) for container in containers)
+        pattern = re.compile(rf"^(?P<module>{names})\.(?P<index>\d+)\.(?P<tensor>.+)$")
     tensors: Dict[Tuple[str, int], Set[str]] = defaultdict(set)
     for key in keys:
-        if match := _BLOCK_KEY.match(key):
+        if match := pattern.match(key):
             tensors[match["module"], int(match["index"])].add(match["tensor"])
     expected: Dict[str, Set[str]] = defaultdict(set)
     count: Dict[str, int] = defaultdict(int)
@@ -209,22 +221,87 @@ def plan_inheritance(source: Layout, config: ConfigArg, dtype: torch.dtype = tor
     return _plan(source, config_name, kwargs, dtype, source_layout)
 
 
+def _import(path: str) -> Any:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def _latent_shapes(family_name: str, config_name: str) -> Dict[str, Tuple[int, ...]]:
+    family = get_family(family_name)
+    return meta_state_shapes(_import(family.latent_class), **family.latent_kwargs[config_name])
+
+
+def plan_family_conversion(
+    source: Layout, family: Family, config: Optional[str] = None, dtype: torch.dtype = torch.float32
+) -> ConversionPlan:
+    """Plan converting a latent DiT of ``family`` with header ``source`` into its pixel DiT of named ``config``.
+
+    The source must have exactly the keys and shapes of one of the family's named latent sizes (``config`` None picks
+    that one); new tensors are stored in ``dtype``.
+    """
+    if any(key.startswith("local_decoder.") for key in source):
+        raise ValueError(
+            f"The input is already a pixel L2P checkpoint (it has local_decoder.* tensors); nothing to convert. "
+            f"Load it with the {family.title} L2P pipeline or run `l2p inspect` on it."
+        )
+    shapes = {key: info.shape for key, info in source.items()}
+    matching = [name for name in family.latent_kwargs if _latent_shapes(family.name, name) == shapes]
+    sizes = ", ".join(family.latent_kwargs)
+    if config is not None:
+        family.config(config)
+        if config not in matching:
+            found = f"it has the layout of {matching[0]!r}" if matching else f"it matches none of {sizes}"
+            raise ValueError(
+                f"The input is not a latent {family.title} DiT of size {config!r}: {found}. Pass all of the "
+                "transformer's *.safetensors files, and the matching --config (or none)."
+            )
+    elif not matching:
+        incomplete = incomplete_blocks(list(source), family.block_containers)
+        hint = f" ({', '.join(incomplete[:3])}: a shard was probably left out)" if incomplete else ""
+        raise ValueError(
+            f"The input is not a latent {family.title} DiT of a known size ({sizes}){hint}; pass all of the "
+            f"transformer's *.safetensors files of a checkpoint DiffSynth registers as {family.latent_model_names[0]}."
+        )
+    config = config or matching[0]
+    return _plan(source, config, dict(family.configs[config].kwargs), dtype, family=family)
+
+
+def _plan_z_image(source: Layout, config: ConfigArg, dtype: torch.dtype) -> ConversionPlan:
+    """``plan_conversion``, whose error names ``--family`` when the source is another family's latent DiT."""
+    try:
+        return plan_conversion(source, config, dtype)
+    except ValueError:
+        shapes = {key: info.shape for key, info in source.items()}
+        for family in all_families()[1:]:
+            if any(_latent_shapes(family.name, name) == shapes for name in family.latent_kwargs):
+                raise ValueError(
+                    f"The input is a latent {family.title} DiT, not a Z-Image one; pass --family {family.name} "
+                    f"(convert_latent_to_pixel(..., family={family.name!r}))."
+                ) from None
+        raise
+
+
 def _plan(
     source: Layout,
     config_name: Optional[str],
     kwargs: Dict[str, Any],
     dtype: torch.dtype,
     source_layout: Optional[str] = None,
+    family: Optional[Family] = None,
 ) -> ConversionPlan:
-    """Copy every tensor of ``ZImageL2PDiT(**kwargs)`` the source has in the same shape, initialise the others."""
-    target = meta_state_shapes(**kwargs)
+    """Copy every tensor of the family's pixel DiT (default ``ZImageL2PDiT``) the source has in the same shape,
+    initialise the others."""
+    family = family or get_family(DEFAULT_FAMILY)
+    new_prefixes = tuple(f"{part}." for part in family.new_parts)
+    target = meta_state_shapes(_import(family.dit_class), **kwargs)
     mismatches = tuple(
         (key, source[key].shape, shape) for key, shape in target.items() if key in source and source[key].shape != shape
     )
     missing_core = [
         key
         for key, shape in target.items()
-        if not key.startswith(PIXEL_MODULE_PREFIXES) and (key not in source or source[key].shape != shape)
+        if not key.startswith(new_prefixes) and (key not in source or source[key].shape != shape)
     ]
     if missing_core:
         raise ValueError(
@@ -245,6 +322,7 @@ def _plan(
         output_layout=layout,
         output_hash=layout_hash(layout),
         source_layout=source_layout,
+        family=family.name,
     )
 
 
@@ -254,7 +332,7 @@ def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Te
     Each module owning such a tensor is initialised whole; only those tensors are kept (a re-initialised conv weight's
     bias, when its shape stays, is copied from the source).
     """
-    model = meta_model(**plan.kwargs)
+    model = meta_model(_import(get_family(plan.family).dit_class), **plan.kwargs)
     new = set(plan.new) | set(plan.reinitialised)
     tensors: Dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=[]):
@@ -273,6 +351,10 @@ def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Te
     return tensors
 
 
+def _parameters(layout: Mapping[str, Any], keys: Sequence[str]) -> int:
+    return sum(math.prod(layout[key].shape) for key in keys)
+
+
 def _group(keys: Tuple[str, ...]) -> str:
     counts = Counter(key.split(".", 1)[0] for key in keys)
     return ", ".join(f"{module} ({count})" for module, count in counts.items()) or "none"
@@ -289,6 +371,18 @@ class ConversionReport:
     dry_run: bool
     output_hash: str
     registered_names: Tuple[str, ...]
+    dropped_parameters: int = 0  # elements of the source tensors the output leaves out
+
+    @property
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters (tensor elements) of the output, copied from the source, initialised fresh, and dropped."""
+        plan, output = self.plan, self.plan.output_layout
+        return {
+            "output": _parameters(output, list(output)),
+            "copied": _parameters(output, plan.copied),
+            "initialised": _parameters(output, [*plan.new, *plan.reinitialised]),
+            "dropped": self.dropped_parameters,
+        }
 
     def summary(self) -> str:
         plan = self.plan
@@ -304,6 +398,8 @@ class ConversionReport:
             *(f"    {key} {list(old)} -> {list(new)}" for key, old, new in plan.shape_mismatches),
             f"  new      {len(plan.new)} tensors, seed {self.seed}: {_group(plan.new)}",
             f"  dropped  {len(plan.dropped)} tensors: {_group(plan.dropped)}",
+            "  parameters: {output:,} in the output ({copied:,} copied, {initialised:,} initialised), "
+            "{dropped:,} dropped".format(**self.parameter_counts),
             f"  {'predicted hash' if self.dry_run else 'output hash'}: {self.output_hash}",
             f"  DiffSynth model: {registered}",
         ]
@@ -330,8 +426,9 @@ def _convert(
     """Plan from the headers of ``files``, then write, verify and move the output into place (unless ``dry_run``)."""
     sources = as_path_list(files)
     output = check_output_path(output_path, sources)
+    source_layout = read_headers(sources)
     try:
-        plan = planner(read_headers(sources))
+        plan = planner(source_layout)
     except ValueError as error:
         left_out = left_out_shards(sources)
         if not left_out:
@@ -355,6 +452,7 @@ def _convert(
         dry_run=dry_run,
         output_hash=output_hash,
         registered_names=tuple(entry["model_name"] for entry in find_registered(output_hash)),
+        dropped_parameters=_parameters(source_layout, plan.dropped),
     )
 
 
@@ -365,13 +463,20 @@ def convert_latent_to_pixel(
     seed: int = 42,
     dry_run: bool = False,
     dtype: torch.dtype = torch.float32,
+    family: str = DEFAULT_FAMILY,
 ) -> ConversionReport:
-    """Convert a latent Z-Image DiT (one file or shards) into an L2P pixel init at ``output_path``.
+    """Convert a latent DiT of ``family`` (default Z-Image; one file or shards) into an L2P pixel init.
 
     The output is written to a temporary file, re-read and checked tensor by tensor against the
     source and the fresh init, and only then moved into place.  ``dry_run`` reads headers only.
+    For Qwen-Image and FLUX.2, ``config`` is one of the family's size names or None (the source's size).
     """
-    planner = functools.partial(plan_conversion, config=config, dtype=dtype)
+    if family == DEFAULT_FAMILY:
+        planner = functools.partial(_plan_z_image, config=config, dtype=dtype)
+    else:
+        if config is not None and not isinstance(config, str):
+            raise ValueError(f"For the {family} family, pass a size name as config, not kwargs.")
+        planner = functools.partial(plan_family_conversion, family=get_family(family), config=config, dtype=dtype)
     return _convert(latent_files, output_path, planner, seed, dry_run)
 
 

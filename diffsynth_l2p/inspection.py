@@ -1,6 +1,7 @@
 """What is in a checkpoint, from its header alone: hash, registered model, parameters, dtypes, layout diff."""
 
 import functools
+import importlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from diffsynth.models.z_image_dit import ZImageDiT
 
+from .families import all_families
 from .models.configs import L2P_CONFIGS
 from .registry import Shapes, find_registered, meta_state_shapes
 from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
@@ -20,10 +22,21 @@ _SHOWN_KEYS = 8
 
 @functools.cache
 def expected_layouts() -> Dict[str, Shapes]:
-    """Layouts we know: every named L2P config and the stock latent Z-Image DiT (built on the meta device)."""
+    """Layouts we know, built on the meta device: every named L2P config and the stock latent Z-Image DiT, and each
+    other family's pixel and latent sizes (``L2P Qwen-Image 20b``, ``latent Qwen-Image 20b``, ...)."""
     layouts = {f"L2P {name}": meta_state_shapes(**config.kwargs) for name, config in L2P_CONFIGS.items()}
     layouts[LATENT_LAYOUT] = meta_state_shapes(ZImageDiT)
+    for family in all_families()[1:]:
+        dit_class, latent_class = _import(family.dit_class), _import(family.latent_class)
+        for name, config in family.configs.items():
+            layouts[f"L2P {family.title} {name}"] = meta_state_shapes(dit_class, **config.kwargs)
+            layouts[f"latent {family.title} {name}"] = meta_state_shapes(latent_class, **family.latent_kwargs[name])
     return layouts
+
+
+def _import(path: str) -> Any:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def checkpoint_kind(layout: Mapping[str, Any]) -> Optional[str]:
@@ -157,6 +170,10 @@ class InspectionReport:
 def _hints(kind: Optional[str], layout: Optional[LayoutComparison], registered: bool) -> Tuple[str, ...]:
     if kind == "latent":
         return ("this is a latent Z-Image DiT; convert it to an L2P pixel init with `l2p convert`.",)
+    for family in all_families()[1:]:
+        if layout is not None and layout.exact and layout.name.startswith(f"latent {family.title} "):
+            return (f"this is a latent {family.title} DiT; convert it to an L2P pixel init with "
+                    f"`{family.convert_command}`.",)
     if kind != "pixel":
         return ()
     if layout is not None and layout.missing and not (layout.unexpected or layout.shape_mismatches):

@@ -96,9 +96,16 @@ L2P_MODEL_CONFIGS: List[Dict[str, Any]] = [
 
 @functools.cache
 def register_all() -> None:
-    """Add :data:`L2P_MODEL_CONFIGS` and the VRAM-management maps of our classes to DiffSynth's (once per process)."""
+    """Add :data:`L2P_MODEL_CONFIGS`, every family's entries and our classes' VRAM maps to DiffSynth's (once)."""
+    from .families import all_families
+
     for entry in L2P_MODEL_CONFIGS:
         register_model(**entry)
+    for family in all_families():
+        for entry in family.registry_entries:
+            register_model(**entry)
+        for model_class, (base_class, extra) in family.vram_maps.items():
+            VRAM_MANAGEMENT_MODULE_MAPS.setdefault(model_class, {**VRAM_MANAGEMENT_MODULE_MAPS[base_class], **extra})
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(L2P_DIT_CLASS, dict(L2P_VRAM_MODULE_MAP))
     VRAM_MANAGEMENT_MODULE_MAPS.setdefault(
         TEXT_ENCODER_CLASS, dict(VRAM_MANAGEMENT_MODULE_MAPS[Z_IMAGE_TEXT_ENCODER_CLASS])

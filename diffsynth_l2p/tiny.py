@@ -105,24 +105,31 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             param.fill_(1.0)
 
 
-def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Union[str, List[str]]]:
-    """Write a random tiny L2P model set into ``out_dir`` (created atomically; must not exist or be empty).
+def write_model_set(
+    out_dir: Union[str, os.PathLike], dit: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer, seed: int = 0
+) -> Dict[str, Union[str, List[str]]]:
+    """Seed-initialise ``dit`` (``seed``) and ``text_encoder`` (``seed + 1``) and write them with ``tokenizer``.
 
-    Layout: ``l2p-dit.safetensors``, ``text_encoder/model.safetensors``, ``tokenizer/``.
-    Returns ``{"dit": file, "text_encoder": [file], "tokenizer": dir}``.
+    ``out_dir`` is created atomically (it must not exist or be empty). Layout: ``l2p-dit.safetensors``,
+    ``text_encoder/model.safetensors``, ``tokenizer/``. Returns ``{"dit": file, "text_encoder": [file], "tokenizer":
+    dir}``.
     """
     with atomic_directory(out_dir, "the tiny model set") as staging:
-        dit = ZImageL2PDiT(**L2P_CONFIGS["tiny"].kwargs)
         init_weights(dit, seed)
         save_module(dit, staging / DIT_FILE)
 
-        text_encoder = Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG)
         init_weights(text_encoder, seed + 1)
         (staging / TEXT_ENCODER_DIR).mkdir()
         save_module(text_encoder, staging / TEXT_ENCODER_DIR / "model.safetensors")
 
-        save_tokenizer(build_tokenizer(), staging / TOKENIZER_DIR)
+        save_tokenizer(tokenizer, staging / TOKENIZER_DIR)
     return tiny_model_files(out_dir)
+
+
+def build_tiny_l2p(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Union[str, List[str]]]:
+    """Write a random tiny L2P model set into ``out_dir`` (as :func:`write_model_set` lays it out)."""
+    dit = ZImageL2PDiT(**L2P_CONFIGS["tiny"].kwargs)
+    return write_model_set(out_dir, dit, Qwen3TextEncoder(**TINY_TEXT_ENCODER_CONFIG), build_tokenizer(), seed)
 
 
 def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str, List[str]]]:

@@ -432,7 +432,7 @@ def resolve_source_files(model_configs: Sequence[Any], tokenizer_config: Any) ->
 
     With ``DIFFSYNTH_SKIP_DOWNLOAD=True`` a missing file fails at once instead of after the hub's timeouts.
     """
-    from ..pipelines.z_image_l2p import resolve_files
+    from ..pipelines.pixel_pipeline import resolve_files
 
     try:
         if any(config.path is None for config in [*model_configs, tokenizer_config] if config is not None):

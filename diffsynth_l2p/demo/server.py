@@ -96,8 +96,11 @@ class DemoServer:
 
     def __init__(self, args: argparse.Namespace):
         import torch
+        from diffsynth.core import hash_model_file
 
-        from ..pipelines.loading import native_config, resolve_model_files
+        from ..pipelines.loading import resolve_model_files
+        from ..pipelines.pixel_pipeline import config_of_entries
+        from ..registry import find_registered
         from ..validation import resolve_dtype
         from .devices import resolve_devices, worker_devices, worker_names
         from .request import size_limits
@@ -112,7 +115,8 @@ class DemoServer:
         files = resolve_model_files(model)
         # No server paths in the page.
         model_label = Path(files["dit"]).name if args.model else "tiny-world student (default)"
-        config = native_config(files["dit"])
+        # The DiT's family picks the pipeline each worker loads (``load_pipeline``) and the page's title.
+        family, config = config_of_entries(find_registered(hash_model_file(files["dit"])))
         native = min(config.default_height, config.default_width)
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything
         devices = worker_devices(resolve_devices(args.devices), args.workers_per_device)
@@ -134,7 +138,7 @@ class DemoServer:
             self.settings = UISettings(
                 limits, limits.clamp_size(native), model_label, default_steps=config.default_steps,
                 default_cfg=config.default_cfg_scale, default_seed=config.default_seed,
-                max_queue=args.max_queue,
+                max_queue=args.max_queue, family_title=family.title,
             )
             self.blocks = build_ui(self.pool, self.settings)
         except BaseException:

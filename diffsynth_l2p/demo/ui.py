@@ -25,6 +25,7 @@ class UISettings:
     default_cfg: float = 2.0
     default_seed: int = 42
     max_queue: int = 16  # requests that may wait for a worker; Gradio refuses more as "queue is full"
+    family_title: str = "Z-Image"  # the loaded DiT's source family (``families/``)
 
 
 def image_record(image: GeneratedImage) -> dict:
@@ -78,8 +79,8 @@ def make_generate_fn(pool: WorkerPool, limits: Limits) -> Callable:
 def build_ui(pool: WorkerPool, settings: UISettings) -> gr.Blocks:
     """The page: controls on the left, results on the right; Gradio's bounded queue runs one request per worker."""
     limits = settings.limits
-    with gr.Blocks(title="L2P Z-Image", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
-        gr.Markdown(f"# L2P: pixel-space Z-Image\nModel: `{settings.model_label}`")
+    with gr.Blocks(title=f"L2P {settings.family_title}", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        gr.Markdown(f"# L2P: pixel-space {settings.family_title}\nModel: `{settings.model_label}`")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder=EXAMPLES[0], elem_id="prompt")

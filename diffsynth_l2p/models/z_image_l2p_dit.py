@@ -1,35 +1,15 @@
 """``ZImageL2PDiT``: DiffSynth's Z-Image DiT in pixel space, with the L2P detailer head instead of a final layer."""
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 from diffsynth.models.z_image_dit import ZImageDiT
 
 from .backbone import embed_timestep, image_token_features
-from .detailer_head import DetailerHead
+from .pixel_dit import PixelDiTMixin
 
 
-def _check_head_stages(stages: int, patch_size: int) -> None:
-    """The head's bottleneck (1/2**stages of the image) must be the token grid, or finer when no power of 2 fits.
-
-    Power-of-two patches (1K, 4K, 8K, tiny) put the bottleneck on the token grid; other patches (10K: 160)
-    use fewer stages and nearest-upsample the DiT features to the bottleneck.
-    """
-    if patch_size & (patch_size - 1) == 0:
-        if 2**stages != patch_size:
-            raise ValueError(
-                f"head_channels has {stages} stages, so the head's bottleneck is 1/{2**stages} of the image, "
-                f"but the patch size is {patch_size}; use {patch_size.bit_length() - 1} stages."
-            )
-    elif 2**stages > patch_size:
-        raise ValueError(
-            f"head_channels has {stages} stages, so the head's bottleneck (1/{2**stages} of the image) is coarser "
-            f"than the token grid of patch size {patch_size}; use at most {patch_size.bit_length() - 1} stages."
-        )
-
-
-class ZImageL2PDiT(ZImageDiT):
+class ZImageL2PDiT(PixelDiTMixin, ZImageDiT):
     """Pixel-space Z-Image DiT (L2P).  Defaults are the released 1K configuration (see ``configs.py`` for UHR).
 
     The stock ``all_final_layer`` is removed; the last layer's image-token features feed the
@@ -80,19 +60,15 @@ class ZImageL2PDiT(ZImageDiT):
         if len(self.all_patch_size) != 1 or self.all_f_patch_size[0] != 1:
             raise ValueError("ZImageL2PDiT supports exactly one image patch size with f_patch_size 1.")
         del self.all_final_layer
-        self.patch_size = self.all_patch_size[0]
-        _check_head_stages(len(head_channels), self.patch_size)
-        self.local_decoder = DetailerHead(
-            in_channels,
-            in_channels,
+        self.attach_head(
+            self.all_patch_size[0],
             dim,
-            channels=head_channels,
-            decoder_channels=head_decoder_channels,
-            bottleneck_channels=head_bottleneck_channels,
-            stage_names=head_stage_names,
+            in_channels,
+            head_channels,
+            head_decoder_channels,
+            head_bottleneck_channels,
+            head_stage_names,
         )
-        # Both the token grid and the head's pooling must tile the image exactly.
-        self.size_multiple = math.lcm(self.patch_size, self.local_decoder.stride)
 
     def embed_timestep(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Stock sinusoidal embedding + MLP, computed in ``dtype`` (stock Z-Image hard-casts to bf16)."""
@@ -102,36 +78,15 @@ class ZImageL2PDiT(ZImageDiT):
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        cap_feats: List[torch.Tensor],
+        prompt_embeds: List[torch.Tensor],
         use_gradient_checkpointing: bool = False,
         use_gradient_checkpointing_offload: bool = False,
     ) -> torch.Tensor:
         """Last-layer image-token features (no final norm or modulation) as a grid ``[B, dim, H/p, W/p]``."""
+        self.check_pixel_input(x, prompt_embeds)
         batch, _, height, width = x.shape
         p = self.patch_size
-        if height % self.size_multiple or width % self.size_multiple:
-            unit = f"the patch size {p}"
-            if self.size_multiple != p:
-                unit = f"{self.size_multiple} (both the patch size {p} and the head stride {self.local_decoder.stride})"
-            raise ValueError(f"Image size {height}x{width} must be a multiple of {unit}.")
-        if len(cap_feats) != batch:
-            raise ValueError(f"Got {len(cap_feats)} caption feature tensors for a batch of {batch} images.")
         features, _ = image_token_features(
-            self, x, timestep, cap_feats, p, use_gradient_checkpointing, use_gradient_checkpointing_offload
+            self, x, timestep, prompt_embeds, p, use_gradient_checkpointing, use_gradient_checkpointing_offload
         )  # (B, h*w, dim)
         return features.transpose(1, 2).reshape(batch, self.dim, height // p, width // p)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        timestep: torch.Tensor,
-        cap_feats: List[torch.Tensor],
-        use_gradient_checkpointing: bool = False,
-        use_gradient_checkpointing_offload: bool = False,
-    ) -> torch.Tensor:
-        """Flow velocity ``noise - x0`` for noisy pixels ``x`` [B, 3, H, W] at scheduler timestep [B] (sigma*1000)."""
-        features = self.forward_features(
-            x, timestep, cap_feats, use_gradient_checkpointing, use_gradient_checkpointing_offload
-        )
-        # The head predicts x0 - noise; the scheduler and FlowMatchSFTLoss expect the velocity noise - x0.
-        return -self.local_decoder(x, features, use_gradient_checkpointing, use_gradient_checkpointing_offload)

@@ -1,5 +1,6 @@
 """Find a model set's files (directory, explicit files, or the default tiny set) and load the pipeline."""
 
+import importlib
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -7,10 +8,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
+from ..families import all_families
 from ..model_set import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
-from ..registry import L2P_DIT_MODEL_NAME, find_registered
+from ..registry import find_registered
 from ..safetensors_io import read_header, read_headers
-from .z_image_l2p import ZImageL2PPipeline, native_config
+from .pixel_pipeline import L2PPixelPipeline, family_of_file, native_config
 
 ModelFiles = Dict[str, Union[str, List[str]]]
 # The storage dtype of DiffSynth's fp8 option (``--fp8_models`` in its trainer): e4m3 keeps 3 mantissa bits.
@@ -20,7 +22,8 @@ ModelSpec = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]], Map
 
 def _is_l2p_dit(path: str) -> bool:
     read_header(path)  # a damaged file is reported as `l2p inspect` reports it, not by the hashing code
-    return any(entry["model_name"] == L2P_DIT_MODEL_NAME for entry in find_registered(hash_model_file(path)))
+    names = {family.dit_model_name for family in all_families()}
+    return any(entry["model_name"] in names for entry in find_registered(hash_model_file(path)))
 
 
 def _from_directory(model_dir: Path) -> ModelFiles:
@@ -131,18 +134,24 @@ def load_pipeline(
     torch_dtype: torch.dtype = torch.float32,
     vram_limit: Optional[float] = None,
     weight_dtype: Optional[torch.dtype] = None,
-) -> ZImageL2PPipeline:
-    """``ZImageL2PPipeline.from_pretrained`` on the files of ``resolve_model_files(model)``.
+) -> L2PPixelPipeline:
+    """The DiT family's pipeline (``ZImageL2PPipeline``, ...) ``from_pretrained`` on ``resolve_model_files(model)``.
 
     ``weight_dtype=torch.float8_e4m3fn`` stores the DiT's and the text encoder's weights in fp8 (half the bytes
     of bfloat16) and computes in ``torch_dtype`` (see :func:`weight_storage_config`).
     """
     storage = weight_storage_config(weight_dtype, device)  # a bad value fails before any file is read
     files = resolve_model_files(model)
-    return ZImageL2PPipeline.from_pretrained(
+    return pipeline_class(files["dit"]).from_pretrained(
         torch_dtype=torch_dtype,
         device=device,
         model_configs=[ModelConfig(path=files["dit"], **storage), ModelConfig(path=files["text_encoder"], **storage)],
         tokenizer_config=ModelConfig(path=files["tokenizer"]),
         vram_limit=vram_limit,
     )
+
+
+def pipeline_class(dit_path: str) -> type:
+    """The pipeline class of the L2P DiT file's family (``ZImageL2PPipeline`` for Z-Image, ...)."""
+    module, name = family_of_file(dit_path).pipeline_class.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)

@@ -1,50 +1,24 @@
 """``ZImageL2PPipeline``: text-to-image and image-to-image with the pixel-space L2P Z-Image DiT.
 
-DiffSynth's Z-Image pipeline with the VAE removed: the DiT denoises RGB pixels in [-1, 1] directly.
+DiffSynth's Z-Image pipeline with the VAE removed (the shared pixel machinery is ``L2PPixelPipeline``).
 Prompt encoding, shape checking, the scheduler, CFG and the Euler step are DiffSynth's own; CFG runs the
 positive and negative prompt as one batched DiT forward.
 """
 
-import copy
-import functools
 import math
-import os
-import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence
 
 import torch
-from diffsynth.core import ModelConfig, hash_model_file
-from diffsynth.core.device.npu_compatible_device import get_device_type
-from diffsynth.diffusion import FlowMatchScheduler
-from diffsynth.diffusion.base_pipeline import BasePipeline, PipelineUnit
+from diffsynth.core import ModelConfig
 from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, ZImageUnit_ShapeChecker
-from einops import reduce
-from PIL import Image
-from tqdm import tqdm
 
-from ..models.configs import L2P_1K, L2PConfig, config_for_kwargs
 from ..models.text_encoder import TEXT_ENCODER_MODEL_NAME
-from ..models.z_image_l2p_dit import ZImageL2PDiT
-from ..registry import L2P_DIT_CLASS, L2P_DIT_MODEL_NAME, find_registered, register_all
-from ..safetensors_io import read_headers
-from ..validation import check_device, check_float, check_image_size, check_int, check_seed
+from .pixel_pipeline import L2PPixelPipeline, model_fn_l2p, unwrap
 
-# DiffSynth's loader must know this package's models (registry.L2P_MODEL_CONFIGS) before ``from_pretrained`` runs.
-register_all()
-
-LATENT_DIT_MODEL_NAME = "z_image_dit"
 TOKENIZER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='tokenizer/')"
-# ``generate_images`` arguments that default to the loaded config's values, and the ``L2PConfig`` fields they come from.
-CONFIG_DEFAULTS = {
-    "cfg_scale": "default_cfg_scale",
-    "height": "default_height",
-    "width": "default_width",
-    "seed": "default_seed",
-    "num_inference_steps": "default_steps",
-    "cfg_max_sigma": "default_cfg_max_sigma",
-}
-MAX_PIXELS_HINT = "or raise pipe.max_pixels (e.g. pipe.max_pixels = 10240 * 10240)"
 TEXT_ENCODER_HINT = "ModelConfig(model_id='Tongyi-MAI/Z-Image-Turbo', origin_file_pattern='text_encoder/*.safetensors')"
+# DiffSynth names each pipeline's model function after it; every L2P family shares this one.
+model_fn_z_image_l2p = model_fn_l2p
 
 
 def default_sigma_shift(height: int, width: int) -> float:
@@ -53,129 +27,35 @@ def default_sigma_shift(height: int, width: int) -> float:
     return 3.0 if area_ratio <= 1 else 3.0 + 0.375 * math.log2(area_ratio)
 
 
-def guidance_at(cfg_scale: float, cfg_max_sigma: Optional[float], sigma: Union[float, torch.Tensor]) -> float:
-    """The CFG scale of a step at ``sigma``: ``cfg_scale`` unless the sigma is above ``cfg_max_sigma``, then 1."""
-    return cfg_scale if cfg_max_sigma is None or float(sigma) <= cfg_max_sigma else 1.0
-
-
-def check_input_image(image: Any) -> None:
-    """Raise a ``TypeError`` naming the fix unless ``image`` is a PIL image."""
-    if not isinstance(image, Image.Image):
-        raise TypeError(
-            f"input_image must be a PIL.Image.Image, got {type(image).__name__}; "
-            "load it with PIL.Image.open(path).convert('RGB')."
-        )
-
-
-class ZImageL2PPipeline(BasePipeline):
+class ZImageL2PPipeline(L2PPixelPipeline):
     """Pixel-space Z-Image (L2P): tokenizer + Qwen3 text encoder + ``ZImageL2PDiT``, no VAE."""
 
-    def __init__(self, device: Union[str, torch.device] = get_device_type(), torch_dtype: torch.dtype = torch.bfloat16):
-        super().__init__(device=device, torch_dtype=torch_dtype, height_division_factor=16, width_division_factor=16)
-        self.scheduler = FlowMatchScheduler("Z-Image")
-        self.text_encoder: Optional[torch.nn.Module] = None
-        self.dit: Optional[ZImageL2PDiT] = None
-        self.tokenizer = None
-        self.use_config(L2P_1K)
-        self.in_iteration_models = ("dit",)
-        self.units = [
-            ZImageUnit_ShapeChecker(),
-            ZImageUnit_PromptEmbedder(),
-            ZImageL2PUnit_NoiseInitializer(),
-            ZImageL2PUnit_InputImageEmbedder(),
-        ]
-        self.model_fn = model_fn_z_image_l2p
-        self.compilable_models = ["dit"]
+    family = "z-image"
+    text_encoder_model_name = TEXT_ENCODER_MODEL_NAME
+    shape_checker = ZImageUnit_ShapeChecker
+    prompt_unit = ZImageUnit_PromptEmbedder
+    scheduler_template = "Z-Image"
+    default_tokenizer_config = ModelConfig(model_id="Tongyi-MAI/Z-Image-Turbo", origin_file_pattern="tokenizer/")
+    dit_hint = (
+        "No L2P DiT loaded: add ModelConfig(path='.../model-1k-merge.safetensors') (or another L2P checkpoint) "
+        "to model_configs. A latent Z-Image DiT must be converted first with `l2p convert`."
+    )
+    text_encoder_hint = (
+        "No Z-Image text encoder loaded: add ModelConfig(path=[the text_encoder/*.safetensors shards]) "
+        f"or {TEXT_ENCODER_HINT} to model_configs."
+    )
+    tokenizer_hint = (
+        f"No tokenizer loaded: pass tokenizer_config=ModelConfig(path='.../tokenizer') or {TOKENIZER_HINT}."
+    )
 
-    @staticmethod
-    def from_pretrained(
-        torch_dtype: torch.dtype = torch.bfloat16,
-        device: Union[str, torch.device] = get_device_type(),
-        model_configs: List[ModelConfig] = [],  # noqa: B006 -- DiffSynth's signature; only copies are used
-        tokenizer_config: Optional[ModelConfig] = ModelConfig(
-            model_id="Tongyi-MAI/Z-Image-Turbo", origin_file_pattern="tokenizer/"
-        ),
-        vram_limit: Optional[float] = None,
-    ) -> "ZImageL2PPipeline":
-        """Load the L2P DiT and the Z-Image text encoder from ``model_configs`` and the tokenizer."""
-        check_device(str(device))
-        pipe = ZImageL2PPipeline(device=device, torch_dtype=torch_dtype)
-        if vram_limit is not None and not hasattr(getattr(torch, pipe.device_type, None), "mem_get_info"):
-            warnings.warn(f"vram_limit is ignored on {pipe.device_type}: it has no memory to query.", stacklevel=2)
-            vram_limit = None
-        # Copies: resolving fills in paths, which must not stick to the caller's (or the default) configs.
-        model_configs = [copy.copy(config) for config in model_configs]
-        entries = []
-        for config in model_configs:
-            resolve_files(config)
-            entries += _check_checkpoint(config.path)
-        model_pool = pipe.download_and_load_models(model_configs, vram_limit)
-        pipe.dit = model_pool.fetch_model(L2P_DIT_MODEL_NAME)
-        pipe.text_encoder = model_pool.fetch_model(TEXT_ENCODER_MODEL_NAME)
-        if tokenizer_config is not None:
-            from transformers import AutoTokenizer
+    def encode_prompts(self, prompts: Sequence[str]) -> List[torch.Tensor]:
+        """Caption features ``[L_i, cap_feat_dim]`` per prompt, through DiffSynth's Z-Image prompt unit."""
+        return ZImageUnit_PromptEmbedder().encode_prompt(self, list(prompts), device=self.device)
 
-            tokenizer_config = copy.copy(tokenizer_config)
-            resolve_files(tokenizer_config, is_dir=True)
-            pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_config.path)
-        pipe.check_models()
-        pipe.use_config(config_of_entries(entries))
-        pipe.height_division_factor = pipe.width_division_factor = pipe.dit.size_multiple
-        pipe.vram_management_enabled = pipe.check_vram_management_state()
-        return pipe
-
-    def compile_pipeline(
-        self,
-        mode: str = "default",
-        dynamic: bool = True,
-        fullgraph: bool = False,
-        compile_models: Optional[List[str]] = None,
-        **kwargs: Any,
-    ) -> None:
-        """DiffSynth's ``torch.compile`` of the DiT's repeated blocks, plus the detailer head.
-
-        The head is most of a pixel-space step and lies outside the blocks DiffSynth compiles regionally; compiling
-        it too is the faster variant in ``bench/compile.py``.
-        """
-        super().compile_pipeline(mode, dynamic, fullgraph, compile_models, **kwargs)
-        if self.dit is not None and "dit" in (compile_models or self.compilable_models):
-            self.dit.local_decoder.compile(mode=mode, dynamic=dynamic, fullgraph=fullgraph, **kwargs)
-
-    def use_config(self, config: L2PConfig) -> None:
-        """Take ``config``'s sampling defaults and pixel cap (``from_pretrained`` picks the checkpoint's config)."""
-        self.config = config
-        self.max_pixels = config.max_pixels  # larger images are refused before anything is allocated
-
-    def with_defaults(self, **arguments: Any) -> dict:
-        """``arguments`` (any of ``CONFIG_DEFAULTS``' names) with each ``None`` replaced by the config's default."""
-        return {
-            name: getattr(self.config, CONFIG_DEFAULTS[name]) if value is None else value
-            for name, value in arguments.items()
-        }
-
-    def sigma_shift_for(self, height: int, width: int) -> float:
-        """The shift used when a call gives none: the config's, else ``default_sigma_shift(height, width)``."""
-        shift = self.config.default_sigma_shift
-        return default_sigma_shift(height, width) if shift is None else shift
-
-    def check_models(self) -> None:
-        """Raise a ``ValueError`` naming what to load when the DiT, text encoder or tokenizer is missing."""
-        if self.dit is None:
-            raise ValueError(
-                "No L2P DiT loaded: add ModelConfig(path='.../model-1k-merge.safetensors') (or another L2P checkpoint) "
-                "to model_configs. A latent Z-Image DiT must be converted first with `l2p convert`."
-            )
-        if self.text_encoder is None:
-            raise ValueError(
-                "No Z-Image text encoder loaded: add ModelConfig(path=[the text_encoder/*.safetensors shards]) "
-                f"or {TEXT_ENCODER_HINT} to model_configs."
-            )
-        if self.tokenizer is None:
-            raise ValueError(
-                f"No tokenizer loaded: pass tokenizer_config=ModelConfig(path='.../tokenizer') or {TOKENIZER_HINT}."
-            )
-        text_config = _unwrap(self.text_encoder).model.config
-        caption_width = _unwrap(self.dit.cap_embedder[0]).weight.shape[0]
+    def check_text_encoder(self) -> None:
+        """The text encoder's width must be the DiT's caption width, and the tokenizer must fit its vocabulary."""
+        text_config = unwrap(self.text_encoder).model.config
+        caption_width = unwrap(self.dit.cap_embedder[0]).weight.shape[0]
         if text_config.hidden_size != caption_width:
             raise ValueError(
                 f"The text encoder's width {text_config.hidden_size} is not the DiT's caption width {caption_width}: "
@@ -187,60 +67,8 @@ class ZImageL2PPipeline(BasePipeline):
                 "load the tokenizer that belongs to this text encoder."
             )
 
-    def check_resize_height_width(
-        self, height: int, width: int, num_frames: Optional[int] = None, verbose: int = 1
-    ) -> Tuple[int, ...]:
-        """DiffSynth's rounding up to a multiple of the patch size, reported as a ``UserWarning``."""
-        rounded = super().check_resize_height_width(height, width, num_frames, verbose=0)
-        if verbose > 0 and tuple(rounded[:2]) != (height, width):
-            factor = self.height_division_factor
-            warnings.warn(
-                f"height and width must be multiples of {factor}: {height}x{width} is rounded up to "
-                f"{rounded[0]}x{rounded[1]}.",
-                stacklevel=2,
-            )
-        return rounded
-
-    def check_inputs(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        cfg_scale: float,
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        denoising_strength: float,
-        num_images: int,
-        input_image: Optional[Image.Image],
-        sigma_shift: Optional[float] = None,
-        seed: Optional[int] = None,
-        cfg_max_sigma: Optional[float] = None,
-    ) -> Tuple[int, int]:
-        """Validate the call's arguments before anything is allocated; return the size rounded up to the patch."""
-        self.check_models()
-        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
-        check_float(cfg_scale, "cfg_scale")
-        for name, value in (("sigma_shift", sigma_shift), ("cfg_max_sigma", cfg_max_sigma)):
-            if value is not None:
-                check_float(value, name, inclusive=False)
-        check_int(num_inference_steps, "num_inference_steps")
-        check_int(num_images, "num_images")
-        if seed is not None:
-            check_seed(seed, "seed", num_images)
-        check_image_size(height, width, self.max_pixels, step=self.height_division_factor, raise_hint=MAX_PIXELS_HINT)
-        if not 0 < denoising_strength <= 1:
-            raise ValueError(f"denoising_strength must be in (0, 1], got {denoising_strength}.")
-        if denoising_strength < 1 and input_image is None:
-            raise ValueError(
-                f"denoising_strength={denoising_strength} only applies to img2img: pass input_image, or use 1.0 "
-                "to generate from pure noise."
-            )
-        if input_image is not None:
-            check_input_image(input_image)
-        height, width = self.check_resize_height_width(height, width)
-        check_image_size(height, width, self.max_pixels, step=self.height_division_factor, raise_hint=MAX_PIXELS_HINT)
+    def check_token_grid(self, height: int, width: int) -> None:
+        """The image's token grid must fit the DiT's position embedding (``axes_lens``)."""
         patch = self.dit.patch_size
         max_h, max_w = self.dit.axes_lens[1], self.dit.axes_lens[2]
         if height // patch > max_h or width // patch > max_w:
@@ -248,319 +76,8 @@ class ZImageL2PPipeline(BasePipeline):
                 f"{height}x{width} is a {height // patch}x{width // patch} token grid; this DiT's position embedding "
                 f"covers at most {max_h}x{max_w} tokens ({max_h * patch}x{max_w * patch} pixels)."
             )
-        return height, width
 
-    def vae_output_to_image(
-        self, vae_output: torch.Tensor, pattern: str = "B C H W", min_value: float = -1, max_value: float = 1
-    ) -> Image.Image:
-        """DiffSynth's tensor -> PIL conversion, but rounding to the nearest uint8 like the release (DiffSynth
-        truncates, which makes about a third of the values one lower)."""
-        if pattern != "H W C":
-            vae_output = reduce(vae_output, f"{pattern} -> H W C", reduction="mean")
-        unit = ((vae_output.float() - min_value) / (max_value - min_value)).clamp(0, 1)
-        return Image.fromarray(unit.mul(255).round().to(device="cpu", dtype=torch.uint8).numpy())
-
-    def load_models_to_device(self, model_names: Sequence[str]) -> None:
-        """DiffSynth's onload/offload; on devices without ``empty_cache`` (CPU) it is done here without it."""
-        if hasattr(getattr(torch, self.device_type, None), "empty_cache"):
-            return super().load_models_to_device(model_names)
-        if not self.vram_management_enabled:
-            return
-        for name, model in self.named_children():
-            if getattr(model, "vram_management_enabled", False):
-                _set_onloaded(model, name in model_names)
-
-    def cfg_guided_model_fn(
-        self,
-        model_fn: Callable[..., torch.Tensor],
-        cfg_scale: float,
-        inputs_shared: dict,
-        inputs_posi: dict,
-        inputs_nega: dict,
-        **inputs_others: Any,
-    ) -> torch.Tensor:
-        """DiffSynth's CFG, but both sides in one forward of batch 2B unless ``inputs_shared["batch_cfg"]`` is False."""
-        per_side_lora = any(inputs_shared.get(f"{side}_only_lora") is not None for side in ("positive", "negative"))
-        if cfg_scale == 1.0 or not inputs_shared.get("batch_cfg", True) or per_side_lora:
-            return super().cfg_guided_model_fn(
-                model_fn, cfg_scale, inputs_shared, inputs_posi, inputs_nega, **inputs_others
-            )
-        latents = inputs_shared["latents"]  # [B, 3, H, W]
-        embeds = [_per_image(inputs["prompt_embeds"], latents.shape[0]) for inputs in (inputs_posi, inputs_nega)]
-        both = {**inputs_shared, "latents": torch.cat([latents, latents]), "prompt_embeds": embeds[0] + embeds[1]}
-        posi, nega = model_fn(**both, **inputs_others).chunk(2)  # [2B, 3, H, W] -> 2 x [B, 3, H, W]
-        return nega + cfg_scale * (posi - nega)
-
-    @torch.no_grad()
-    def generate_images(
-        self,
-        prompt: str,
-        negative_prompt: str = "",
-        cfg_scale: Optional[float] = None,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        seed: Optional[int] = None,
-        rand_device: Union[str, torch.device] = "cpu",
-        num_inference_steps: Optional[int] = None,
-        sigma_shift: Optional[float] = None,
-        input_image: Optional[Image.Image] = None,
-        denoising_strength: float = 1.0,
-        num_images: int = 1,
-        batch_cfg: bool = True,
-        cfg_max_sigma: Optional[float] = None,
-        progress_bar_cmd=tqdm,
-    ) -> List[Image.Image]:
-        """Generate ``num_images`` PIL images for one prompt (always a list; ``pipe(...)`` unwraps a single one).
-
-        Every argument left at ``None`` takes the loaded checkpoint's default from ``self.config`` (see
-        ``models/configs.py``): ``cfg_scale``, ``height``/``width`` (the native size), ``seed``,
-        ``num_inference_steps`` and ``sigma_shift`` (:meth:`sigma_shift_for`: 3 for the UHR checkpoints, else
-        ``default_sigma_shift(height, width)``); 1K: CFG 2.0, 1024x1024, seed 42, 30 steps; 4K/8K/10K: CFG 4.0,
-        native size, seed 42, 50 steps, shift 3; tiny: as 1K but CFG 4.0 at 64x64. Images over
-        ``self.max_pixels`` pixels (the config's: 8192**2 for 8K, 10240**2 for 10K, else 4096**2) are refused.
-        Image ``i`` uses noise seeded with ``seed + i``, so a batch equals separate calls with those seeds.
-        Sizes that are not multiples of the patch are rounded up with a warning; with ``input_image``,
-        ``denoising_strength < 1`` keeps that much of the schedule (img2img) and the image is resized to
-        ``width`` x ``height``.
-        With ``cfg_scale != 1`` and ``batch_cfg`` (the default) the positive and negative prompt run as one
-        DiT forward of batch ``2 * num_images`` per step; ``batch_cfg=False`` runs two forwards of batch
-        ``num_images`` instead (about half the activation memory). The images agree up to batch rounding
-        (a few uint8 levels on a few pixels).
-        ``cfg_max_sigma`` limits guidance to the steps whose sigma is at most it (the others run the positive prompt
-        alone); its default is the config's: every step (``None``), except 0.8 for the tiny models.
-        """
-        cfg_scale, height, width, seed, num_inference_steps, cfg_max_sigma = self.with_defaults(
-            cfg_scale=cfg_scale,
-            height=height,
-            width=width,
-            seed=seed,
-            num_inference_steps=num_inference_steps,
-            cfg_max_sigma=cfg_max_sigma,
-        ).values()
-        height, width = self.check_inputs(
-            prompt,
-            negative_prompt,
-            cfg_scale,
-            height,
-            width,
-            num_inference_steps,
-            denoising_strength,
-            num_images,
-            input_image,
-            sigma_shift,
-            seed,
-            cfg_max_sigma,
-        )
-        if sigma_shift is None:
-            sigma_shift = self.sigma_shift_for(height, width)
-        self.scheduler.set_timesteps(num_inference_steps, denoising_strength=denoising_strength, shift=sigma_shift)
-
-        inputs_posi = {"prompt": prompt}
-        inputs_nega = {"negative_prompt": negative_prompt}
-        inputs_shared = {
-            "cfg_scale": cfg_scale,
-            "input_image": input_image,
-            "denoising_strength": denoising_strength,
-            "height": height,
-            "width": width,
-            "seed": seed,
-            "rand_device": rand_device,
-            "num_inference_steps": num_inference_steps,
-            "num_images": num_images,
-            "batch_cfg": batch_cfg,
-            "computation_dtype": self.torch_dtype,
-        }
-        for unit in self.units:
-            inputs_shared, inputs_posi, inputs_nega = self.unit_runner(
-                unit, self, inputs_shared, inputs_posi, inputs_nega
-            )
-
-        # Denoise: velocity (CFG-combined; the negative branch is skipped at cfg_scale == 1) and an Euler step.
-        self.load_models_to_device(self.in_iteration_models)
-        models = {name: getattr(self, name) for name in self.in_iteration_models}
-        for progress_id, timestep in enumerate(progress_bar_cmd(self.scheduler.timesteps)):
-            timestep = timestep.unsqueeze(0).to(dtype=self.torch_dtype, device=self.device)
-            noise_pred = self.cfg_guided_model_fn(
-                self.model_fn,
-                guidance_at(cfg_scale, cfg_max_sigma, self.scheduler.sigmas[progress_id]),
-                inputs_shared,
-                inputs_posi,
-                inputs_nega,
-                **models,
-                timestep=timestep,
-                progress_id=progress_id,
-            )
-            inputs_shared["latents"] = self.step(
-                self.scheduler, progress_id=progress_id, noise_pred=noise_pred, **inputs_shared
-            )
-        self.load_models_to_device([])
-
-        # The "latents" are pixels in [-1, 1]: no decoder.
-        return [self.vae_output_to_image(sample.float(), pattern="C H W") for sample in inputs_shared["latents"]]
-
-    @functools.wraps(generate_images, assigned=(), updated=())  # its signature (defaults) via __wrapped__
-    def __call__(self, prompt: str, *args: Any, **kwargs: Any) -> Union[Image.Image, List[Image.Image]]:
-        """:meth:`generate_images` with the release's return: one PIL image, or the list when ``num_images > 1``."""
-        images = self.generate_images(prompt, *args, **kwargs)
-        return images[0] if len(images) == 1 else images
-
-
-class ZImageL2PUnit_NoiseInitializer(PipelineUnit):
-    """Pixel noise ``[num_images, 3, H, W]`` in fp32; image ``i`` has its own generator seeded ``seed + i``."""
-
-    def __init__(self):
-        super().__init__(
-            input_params=("height", "width", "seed", "rand_device", "num_images"),
-            output_params=("noise",),
-        )
-
-    def process(
-        self,
-        pipe: ZImageL2PPipeline,
-        height: int,
-        width: int,
-        seed: Optional[int],
-        rand_device: Union[str, torch.device],
-        num_images: Optional[int] = None,
-    ) -> dict:
-        num_images = num_images or 1
-        seeds = [None if seed is None else seed + i for i in range(num_images)]
-        noise = [
-            pipe.generate_noise(
-                (1, 3, height, width),
-                seed=s,
-                rand_device=rand_device,
-                rand_torch_dtype=torch.float32,
-                torch_dtype=torch.float32,
-            )
-            for s in seeds
-        ]
-        return {"noise": torch.cat(noise)}
-
-
-class ZImageL2PUnit_InputImageEmbedder(PipelineUnit):
-    """The input image as pixels in [-1, 1]; noised to the first timestep for img2img, clean for training."""
-
-    def __init__(self):
-        super().__init__(
-            input_params=("input_image", "noise", "height", "width"),
-            output_params=("latents", "input_latents"),
-        )
-
-    def process(
-        self, pipe: ZImageL2PPipeline, input_image: Optional[Image.Image], noise: torch.Tensor, height: int, width: int
-    ) -> dict:
-        if input_image is None:
-            return {"latents": noise, "input_latents": None}
-        check_input_image(input_image)
-        image = input_image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.LANCZOS)
-        input_latents = pipe.preprocess_image(image)
-        if pipe.scheduler.training:
-            return {"latents": noise, "input_latents": input_latents}
-        latents = pipe.scheduler.add_noise(input_latents, noise, timestep=pipe.scheduler.timesteps[0])
-        return {"latents": latents, "input_latents": input_latents}
-
-
-def model_fn_z_image_l2p(
-    dit: ZImageL2PDiT,
-    latents: torch.Tensor,
-    timestep: torch.Tensor,
-    prompt_embeds: List[torch.Tensor],
-    computation_dtype: Optional[torch.dtype] = None,
-    use_gradient_checkpointing: bool = False,
-    use_gradient_checkpointing_offload: bool = False,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Flow velocity ``noise - x0`` for pixel ``latents`` [B, 3, H, W]; one caption embedding per image, or one for all.
-
-    The pipeline keeps the pixels in fp32 between steps (as the release does) and the DiT computes in
-    ``computation_dtype``; the Euler step then promotes the velocity back to fp32.
-    """
-    if computation_dtype is not None:
-        latents = latents.to(computation_dtype)
-    batch = latents.shape[0]
-    # The DiT already returns the velocity (its head predicts x0 - noise and is negated inside): no sign flip here.
-    return dit(
-        latents,
-        timestep.expand(batch),
-        _per_image(prompt_embeds, batch),
-        use_gradient_checkpointing=use_gradient_checkpointing,
-        use_gradient_checkpointing_offload=use_gradient_checkpointing_offload,
-    )
-
-
-def _per_image(prompt_embeds: Sequence[torch.Tensor], batch: int) -> List[torch.Tensor]:
-    """One caption embedding per image: a single one is shared by all ``batch`` images."""
-    return list(prompt_embeds) * batch if len(prompt_embeds) == 1 else list(prompt_embeds)
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DiffSynth VRAM-management wrapper (or the module itself)."""
-    return getattr(module, "module", module)
-
-
-def _set_onloaded(model: torch.nn.Module, onload: bool) -> None:
-    """Move a VRAM-managed model (or its wrapped layers) to its onload or offload place."""
-    modules = [model] if hasattr(model, "onload") else [m for m in model.modules() if hasattr(m, "onload")]
-    for module in modules:
-        module.onload() if onload else module.offload()
-
-
-def resolve_files(config: ModelConfig, is_dir: bool = False) -> None:
-    """``config.download_if_necessary()``, with errors that say which files to fetch and how (fills ``config.path``)."""
-    source = (
-        config.path or f"ModelConfig(model_id={config.model_id!r}, origin_file_pattern={config.origin_file_pattern!r})"
-    )
-    try:
-        config.download_if_necessary()
-    except Exception as error:
-        raise RuntimeError(
-            f"Could not download {source}: {error}. Offline, fetch the files on another machine and pass "
-            "ModelConfig(path=...), or set DIFFSYNTH_SKIP_DOWNLOAD=True to use files already under "
-            "$DIFFSYNTH_MODEL_BASE_PATH (default ./models)."
-        ) from error
-    paths = config.path if isinstance(config.path, list) else [config.path]
-    exists = os.path.isdir if is_dir else os.path.isfile
-    missing = [path for path in paths if not (path and exists(path))]
-    if not paths or missing:
-        raise FileNotFoundError(
-            f"{source}: {'directory' if is_dir else 'file'} not found ({missing or 'no files matched'}). "
-            "Download it (with DIFFSYNTH_SKIP_DOWNLOAD unset) or point ModelConfig(path=...) at local files."
-        )
-
-
-def _check_checkpoint(path: Union[str, List[str]]) -> List[dict]:
-    """Reject, before loading, damaged files, files DiffSynth cannot identify and stock latent Z-Image DiTs.
-
-    Returns the file's DiffSynth registry entries.
-    """
-    read_headers([file for file in (path if isinstance(path, list) else [path]) if file.endswith(".safetensors")])
-    model_hash = hash_model_file(path)
-    entries = find_registered(model_hash)
-    names = {entry["model_name"] for entry in entries}
-    if not names:
-        raise ValueError(
-            f"{path} (DiffSynth hash {model_hash}) is not a checkpoint DiffSynth or diffsynth-l2p knows. Expected an "
-            "L2P DiT such as model-1k-merge.safetensors, or all text-encoder shards together in one ModelConfig."
-        )
-    if LATENT_DIT_MODEL_NAME in names and L2P_DIT_MODEL_NAME not in names:
-        raise ValueError(
-            f"{path} is a latent Z-Image DiT checkpoint (hash {model_hash}), not an L2P pixel DiT; "
-            "convert it first with `l2p convert`."
-        )
-    return entries
-
-
-def config_of_entries(entries: List[dict]) -> L2PConfig:
-    """The named configuration of the first L2P DiT among registry ``entries`` (by kwargs, else layout; else 1K)."""
-    for entry in entries:
-        if entry["model_class"] == L2P_DIT_CLASS:
-            return config_for_kwargs(entry.get("extra_kwargs", {}))
-    return L2P_1K
-
-
-def native_config(dit_path: str) -> L2PConfig:
-    """The named L2P configuration of the DiT file, from its registered hash (the 1K release's when none matches)."""
-    return config_of_entries(find_registered(hash_model_file(dit_path)))
+    def sigma_shift_for(self, height: int, width: int) -> float:
+        """The shift used when a call gives none: the config's, else ``default_sigma_shift(height, width)``."""
+        shift = self.config.default_sigma_shift
+        return default_sigma_shift(height, width) if shift is None else shift

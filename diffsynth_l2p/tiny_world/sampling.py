@@ -12,7 +12,7 @@ import torch
 from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
 
 from ..models.backbone import latent_velocity
-from ..pipelines.z_image_l2p import guidance_at, model_fn_z_image_l2p
+from ..pipelines.pixel_pipeline import guidance_at, model_fn_l2p
 from .shapes import IMAGE_SIZE
 
 
@@ -27,7 +27,7 @@ def _initial_noise(pipe: Any, seeds: Sequence[int], latent: bool) -> torch.Tenso
     if latent:  # ZImageUnit_NoiseInitializer: latent noise in the pipeline dtype
         shape = (1, 16, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
         noises = [pipe.generate_noise(shape, seed=seed, rand_torch_dtype=pipe.torch_dtype) for seed in seeds]
-    else:  # ZImageL2PUnit_NoiseInitializer: pixel noise in fp32
+    else:  # L2PUnit_NoiseInitializer: pixel noise in fp32
         shape = (1, 3, IMAGE_SIZE, IMAGE_SIZE)
         noises = [
             pipe.generate_noise(shape, seed=seed, rand_torch_dtype=torch.float32, torch_dtype=torch.float32)
@@ -59,7 +59,7 @@ def _sample_batch(
         if latent:
             velocity = latent_velocity(pipe.dit, both, t, embeds)
         else:
-            velocity = model_fn_z_image_l2p(pipe.dit, both, t, embeds, computation_dtype=pipe.torch_dtype)
+            velocity = model_fn_l2p(pipe.dit, both, t, embeds, computation_dtype=pipe.torch_dtype)
         if scale != 1.0:
             posi, nega = velocity.chunk(2)
             velocity = nega + scale * (posi - nega)

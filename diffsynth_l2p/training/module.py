@@ -1,4 +1,4 @@
-"""The L2P training module: DiffSynth's ``DiffusionTrainingModule`` around a ``ZImageL2PPipeline``.
+"""The L2P training module: DiffSynth's ``DiffusionTrainingModule`` around an L2P pipeline of any family.
 
 Loss: DiffSynth's flow-matching SFT loss (``FlowMatchSFTLoss``: x_t = (1-σ)·x0 + σ·ε, target ε - x0, MSE) without the
 scheduler's training weight, as in the release (its loss leaves the weight out), and with the noise and timestep
@@ -6,7 +6,8 @@ drawn per image instead of from the global RNG, so that noise can be seeded by e
 exactly reproducible. Seeded noise is what this pipeline
 draws for that seed at the image's pixel shape; the source model drew latent-shaped noise from the same seed, a
 different tensor, so it is tied to the image by seed only. Timesteps are uniform over the training schedule (500
-steps, shift 3 in the 1K release; 1000 steps, shift 3 with fresh noise in the UHR release). With ``caption_dropout``
+steps, shift 3 in the 1K release; 1000 steps, shift 3 with fresh noise in the UHR release), whatever the family's
+sampling schedule (docs/transfer.md). With ``caption_dropout``
 (not in the releases) that fraction of images trains on the empty caption, the branch classifier-free guidance
 subtracts, so that a model sampled with guidance learns that branch in pixels too (docs/tiny-world.md).
 """
@@ -16,13 +17,13 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from diffsynth.diffusion import FlowMatchScheduler
 from diffsynth.diffusion.training_module import DiffusionTrainingModule
-from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..pipelines.z_image_l2p import ZImageL2PPipeline
+from ..pipelines.pixel_pipeline import L2PPixelPipeline
 from ..safetensors_io import atomic_output
 from .arguments import check_noise_mode
 from .presets import TrainableSet
@@ -34,13 +35,13 @@ def prompt_key(prompt: str) -> str:
 
 
 @torch.no_grad()
-def encode_prompts(pipe: ZImageL2PPipeline, prompts: Sequence[str]) -> List[torch.Tensor]:
-    """Caption features ``[L_i, cap_feat_dim]`` per prompt, through DiffSynth's Z-Image prompt unit."""
-    return ZImageUnit_PromptEmbedder().encode_prompt(pipe, list(prompts), device=pipe.device)
+def encode_prompts(pipe: L2PPixelPipeline, prompts: Sequence[str]) -> List[torch.Tensor]:
+    """Caption features ``[L_i, text_dim]`` per prompt, through the family's stock prompt encoding."""
+    return pipe.encode_prompts(prompts)
 
 
 def cache_text_embeddings(
-    pipe: ZImageL2PPipeline, prompts: Sequence[str], path: str, encoder_id: str, batch_size: int = 16
+    pipe: L2PPixelPipeline, prompts: Sequence[str], path: str, encoder_id: str, batch_size: int = 16
 ) -> None:
     """Encode every distinct caption once into ``path`` (safetensors, one tensor per caption); reuse a valid file."""
     unique = sorted(set(prompts))
@@ -64,7 +65,7 @@ class L2PTrainingModule(DiffusionTrainingModule):
 
     def __init__(
         self,
-        pipe: ZImageL2PPipeline,
+        pipe: L2PPixelPipeline,
         trainable: TrainableSet,
         noise: str = "seed",
         shift: float = 3.0,
@@ -80,6 +81,8 @@ class L2PTrainingModule(DiffusionTrainingModule):
         self.text_embedding_cache = text_embedding_cache
         self.caption_dropout = caption_dropout
         self.trainable = trainable
+        # The L2P training schedule (Z-Image's shift rule) for every family, in place of the pipeline's sampler.
+        pipe.scheduler = FlowMatchScheduler("Z-Image")
         pipe.scheduler.set_timesteps(num_timesteps, training=True, shift=shift)
         self.apply_trainable(trainable)
 

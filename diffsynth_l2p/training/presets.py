@@ -1,16 +1,22 @@
 """Trainable-set presets: pure functions from a DiT's parameter names to what training updates.
 
-Names are relative to the DiT (``layers.3.attention.to_q.weight``), as in the checkpoints.
+Names are relative to the DiT (``layers.3.attention.to_q.weight``), as in the checkpoints.  "Main blocks" are the
+family's repeated transformer blocks in forward order (Z-Image: ``layers.*``; Qwen-Image: ``transformer_blocks.*``;
+FLUX.2: ``transformer_blocks.*`` then ``single_transformer_blocks.*``, counted as one sequence; see
+``docs/transfer.md``).
 
-- ``release``: everything except the middle main blocks ``layers.5 … layers.{N-6}`` (the released 1K
-  checkpoint's recipe; ≈2.55B of 6.17B at the 1K config). Identical to ``shallow:5``.
-- ``shallow:N``: the first N and last N main blocks, both refiners, the timestep and caption embedders, the pad
-  tokens, the pixel embedder ``all_x_embedder`` and the detailer head ``local_decoder`` (the paper's description).
+- ``release``: everything except the middle main blocks (Z-Image: the first and last 5, ``layers.5 … layers.{N-6}``
+  frozen, the released 1K checkpoint's recipe, ≈2.55B of 6.17B at the 1K config; Qwen-Image and FLUX.2: the first
+  and last sixth of their main blocks, the same share of the depth).
+- ``shallow:N``: the first N and last N main blocks and everything outside the main blocks (Z-Image: both refiners,
+  the timestep and caption embedders, the pad tokens, the pixel embedder and the detailer head ``local_decoder``).
 - ``lora:R``: LoRA of rank R on the attention and feed-forward linears of every main block (frozen), plus the new
-  L2P parts (``all_x_embedder``, ``local_decoder``) at full rank.
+  L2P parts (the pixel embedder and ``local_decoder``) at full rank.
 - ``full``: every parameter.
 - explicit patterns (``--trainable``): dotted names or prefixes, ``*`` wildcards allowed
   (``layers.0,layers.29,local_decoder``, ``layers.*.adaLN_modulation``).
+
+Parameters the family's forward never uses (Qwen-Image's last text-stream outputs) are left out of every preset.
 """
 
 import fnmatch
@@ -18,18 +24,14 @@ import re
 from dataclasses import dataclass
 from typing import FrozenSet, Iterable, Optional, Sequence, Tuple
 
+from ..families import DEFAULT_FAMILY, Family, get_family
+
 PRESET_HELP = {
-    "release": "all but the middle main blocks layers.5..layers.{N-6} (the released recipe; = shallow:5)",
-    "shallow:N": "first N + last N main blocks, refiners, embedders, pad tokens, all_x_embedder, local_decoder",
-    "lora:R": "rank-R LoRA on every main block's linears + full-rank all_x_embedder and local_decoder",
+    "release": "all but the middle main blocks (Z-Image: layers.5..layers.{N-6}, the released recipe = shallow:5)",
+    "shallow:N": "first N + last N main blocks and everything outside them (embedders, refiners, pixel embedder, head)",
+    "lora:R": "rank-R LoRA on every main block's linears + the full-rank pixel embedder and local_decoder",
     "full": "every parameter",
 }
-RELEASE_SHALLOW_BLOCKS = 5
-# Parts of the L2P DiT that have no counterpart in the latent Z-Image checkpoint.
-NEW_PARTS = ("all_x_embedder", "local_decoder")
-# DiffSynth's Z-Image LoRA targets ("to_q,to_k,to_v,to_out.0,w1,w2,w3"), restricted to the main blocks.
-LORA_TARGET = re.compile(r"layers\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.w[123])")
-_MAIN_BLOCK = re.compile(r"layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,6 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
-def _block_index(name: str) -> Optional[int]:
-    match = _MAIN_BLOCK.match(name)
-    return int(match.group(1)) if match else None
-
-
 def _parse_int(spec: str, prefix: str, minimum: int) -> int:
     try:
         value = int(spec[len(prefix) :])
@@ -94,23 +91,48 @@ def match_patterns(names: Iterable[str], patterns: Sequence[str]) -> FrozenSet[s
     return frozenset(selected)
 
 
-def shallow_names(names: Iterable[str], num_blocks: int) -> FrozenSet[str]:
-    """Everything except main blocks ``layers.{num_blocks} … layers.{n_layers - num_blocks - 1}``."""
+def shallow_names(names: Iterable[str], num_blocks: int, family: Optional[Family] = None) -> FrozenSet[str]:
+    """Everything except the middle main blocks: all but the first and last ``num_blocks`` in forward order."""
+    family = family or get_family(DEFAULT_FAMILY)
     names = list(names)
-    n_layers = 1 + max((_block_index(name) for name in names if _block_index(name) is not None), default=-1)
-    frozen = range(num_blocks, n_layers - num_blocks)
-    return frozenset(name for name in names if _block_index(name) not in frozen)
+    blocks = sorted({block for name in names if (block := family.main_block(name)) is not None})
+    frozen = set(blocks[num_blocks : len(blocks) - num_blocks])
+    return frozenset(name for name in names if family.main_block(name) not in frozen)
 
 
-def lora_target_modules(names: Iterable[str]) -> Tuple[str, ...]:
-    """Main-block attention and feed-forward linears (module names) that the ``lora`` preset adapts."""
-    return tuple(sorted({name[: -len(".weight")] for name in names if LORA_TARGET.fullmatch(name[: -len(".weight")])}))
+def lora_target_modules(names: Iterable[str], family: Optional[Family] = None) -> Tuple[str, ...]:
+    """Main-block attention and feed-forward linears (module names) that the ``lora`` preset adapts.
+
+    Linears the family's forward never uses get no adapter (it would never receive a gradient).
+    """
+    family = family or get_family(DEFAULT_FAMILY)
+    target = re.compile(family.lora_target)
+    weights = [name for name in _used(names, family) if name.endswith(".weight")]
+    return tuple(sorted({name[: -len(".weight")] for name in weights if target.fullmatch(name[: -len(".weight")])}))
+
+
+def _used(names: Iterable[str], family: Family) -> FrozenSet[str]:
+    """``names`` without the parameters the family's forward never uses (they would get no gradient).
+
+    ``{last}`` in a ``no_gradient`` pattern is the index of the last main block.
+    """
+    names = list(names)
+    last = max((block[1] for name in names if (block := family.main_block(name))), default=0)
+    unused = [pattern.format(last=last) for pattern in family.no_gradient]
+    return frozenset(name for name in names if not any(fnmatch.fnmatchcase(name, p) for p in unused))
 
 
 def resolve_trainable(
-    names: Iterable[str], preset: Optional[str] = None, patterns: Optional[Sequence[str]] = None
+    names: Iterable[str],
+    preset: Optional[str] = None,
+    patterns: Optional[Sequence[str]] = None,
+    family: Optional[Family] = None,
 ) -> TrainableSet:
-    """The trainable set for a preset name or explicit patterns (exactly one of the two; default ``release``)."""
+    """The trainable set for a preset name or explicit patterns (exactly one of the two; default ``release``).
+
+    ``family`` (default Z-Image) says which blocks are the main blocks and which parts are new.
+    """
+    family = family or get_family(DEFAULT_FAMILY)
     names = list(names)
     if preset and patterns:
         raise ValueError("Give either a preset or explicit trainable patterns, not both.")
@@ -118,14 +140,15 @@ def resolve_trainable(
         return TrainableSet(",".join(patterns), match_patterns(names, patterns))
     preset = preset or "release"
     if preset == "release":
-        return TrainableSet(preset, shallow_names(names, RELEASE_SHALLOW_BLOCKS))
+        depth = len({block for name in names if (block := family.main_block(name)) is not None})
+        return TrainableSet(preset, _used(shallow_names(names, family.release_block_count(depth), family), family))
     if preset == "full":
-        return TrainableSet(preset, frozenset(names))
+        return TrainableSet(preset, _used(names, family))
     if preset.startswith("shallow:"):
-        return TrainableSet(preset, shallow_names(names, _parse_int(preset, "shallow:", 0)))
+        return TrainableSet(preset, _used(shallow_names(names, _parse_int(preset, "shallow:", 0), family), family))
     if preset.startswith("lora:"):
         rank = _parse_int(preset, "lora:", 1)
-        new_parts = frozenset(name for name in names if name.split(".")[0] in NEW_PARTS)
-        return TrainableSet(preset, new_parts, lora_target_modules(names), rank)
+        new_parts = frozenset(name for name in names if name.split(".")[0] in family.new_parts)
+        return TrainableSet(preset, new_parts, lora_target_modules(names, family), rank)
     choices = ", ".join(PRESET_HELP)
     raise ValueError(f"Unknown preset {preset!r}. Choose one of: {choices} (or pass --trainable patterns).")

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, T
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+from diffsynth.core import hash_model_file
 from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from ..atomic import apply_umask, atomic_open
-from ..models.configs import config_name, named_config
+from ..families import DEFAULT_FAMILY, Family, all_families, get_family
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
 from .arguments import LOG_FORMATS, LR_SCHEDULERS, check_noise_mode
@@ -35,8 +36,9 @@ from .precision import PrecisionPlan, cast_trainable, precision_plan
 from .presets import TrainableSet, resolve_trainable
 
 if TYPE_CHECKING:
+    from ..models.configs import L2PConfig
     from ..pipelines.loading import ModelFiles
-    from ..pipelines.z_image_l2p import ZImageL2PPipeline
+    from ..pipelines.pixel_pipeline import L2PPixelPipeline
     from .module import L2PTrainingModule
 
 STATE_DIR = "state"
@@ -61,6 +63,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     save_steps: int = 5000
     config: Optional[str] = None  # named L2P config whose training defaults apply; None = the DiT file's
+    family: Optional[str] = None  # the DiT file's family ("z-image", "qwen-image", "flux2"); set by resolve_defaults
     max_pixels: Optional[int] = None  # None (like noise and num_timesteps) = the config's training default
     noise: Optional[str] = None
     shift: float = 3.0
@@ -103,8 +106,8 @@ def check_config(config: TrainConfig) -> None:
             check_int(getattr(config, name), f"--{name}")
     if config.max_pixels is not None:
         check_int(config.max_pixels, "--max_pixels", minimum=DIVISION_FACTOR * DIVISION_FACTOR)
-    if config.config is not None:
-        named_config(config.config)
+    if config.config is not None and not any(config.config in family.configs for family in all_families()):
+        get_family(DEFAULT_FAMILY).config(config.config)  # the one-line error naming the choices
     check_int(config.num_workers, "--dataset_num_workers", minimum=0)
     check_float(config.learning_rate, "--learning_rate")
     if config.lr_scheduler not in LR_SCHEDULERS:
@@ -134,28 +137,38 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
 
     A named config must have the DiT file's head layout; explicit noise, schedule length and pixel limit win.
     """
-    from ..pipelines.loading import native_config, resolve_model_files
+    from ..pipelines.loading import resolve_model_files
+    from ..pipelines.pixel_pipeline import config_of_entries
+    from ..registry import find_registered
 
-    native = native_config(resolve_model_files(config.model)["dit"])
-    named = native if config.config is None else named_config(config.config)
+    dit = resolve_model_files(config.model)["dit"]
+    family, native = config_of_entries(find_registered(hash_model_file(dit)))
+    if config.family is not None and config.family != family.name:
+        raise ValueError(f"family {config.family!r} was given, but {dit} is an L2P {family.title} DiT.")
+    named = native if config.config is None else family.config(config.config)
     if named.layout() != native.layout():
         raise ValueError(
-            f"--config {config.config} does not fit the DiT file, whose head has the {config_name(native)} layout; "
-            f"drop --config or pass --config {config_name(native)}."
+            f"--config {config.config} does not fit the DiT file, whose head has the {config_name(family, native)} "
+            f"layout; drop --config or pass --config {config_name(family, native)}."
         )
     settings = named.training_settings(config.noise, config.num_timesteps, config.max_pixels)
     smallest = named.train_size_multiple**2
     if settings["max_pixels"] < smallest:
         raise ValueError(
-            f"--max_pixels must be at least {smallest} for config {config_name(named)} (image sides are multiples of "
-            f"{named.train_size_multiple}), got {settings['max_pixels']}."
+            f"--max_pixels must be at least {smallest} for config {config_name(family, named)} (image sides are "
+            f"multiples of {named.train_size_multiple}), got {settings['max_pixels']}."
         )
-    return replace(config, config=config_name(named), **settings)
+    return replace(config, config=config_name(family, named), family=family.name, **settings)
+
+
+def config_name(family: Family, config: "L2PConfig") -> str:
+    """The name of ``config`` among ``family``'s named configurations."""
+    return next(name for name, named in family.configs.items() if named is config)
 
 
 def training_dataset(config: TrainConfig) -> L2PImageDataset:
     """The run's images, sized by its resolved config (``resolve_defaults``)."""
-    size_multiple = named_config(config.config).train_size_multiple
+    size_multiple = get_family(config.family or DEFAULT_FAMILY).config(config.config).train_size_multiple
     return L2PImageDataset(config.dataset, config.max_pixels, config.noise == "seed", size_multiple)
 
 
@@ -261,13 +274,15 @@ def make_lr_scheduler(
 
 def load_training_pipeline(
     config: TrainConfig, device: torch.device, dtype: torch.dtype
-) -> Tuple["ZImageL2PPipeline", TrainableSet, "ModelFiles"]:
+) -> Tuple["L2PPixelPipeline", TrainableSet, "ModelFiles"]:
     """The pipeline in ``dtype`` on ``device``, the resolved trainable set and the model files."""
     from ..pipelines.loading import load_pipeline, resolve_model_files
+    from ..pipelines.pixel_pipeline import family_of_file
 
     files = resolve_model_files(config.model)
     # Resolve the trainable set from the checkpoint header first, so a bad preset fails before loading 6B weights.
-    trainable = resolve_trainable(read_headers(files["dit"]), config.preset, config.trainable)
+    family = get_family(config.family) if config.family else family_of_file(files["dit"])
+    trainable = resolve_trainable(read_headers(files["dit"]), config.preset, config.trainable, family)
     return load_pipeline(files, device=device, torch_dtype=dtype), trainable, files
 
 
