@@ -16,6 +16,7 @@ ALIAS = "diffsynth.pipelines.z_image_L2P"
 # DiffSynth-style module -> (our pipeline module under diffsynth_l2p.pipelines, our class, the name users import).
 ALIASES = {
     ALIAS: ("z_image_l2p", "ZImageL2PPipeline", "ZImagePipeline"),
+    "diffsynth.pipelines.qwen_image_L2P": ("qwen_image_l2p", "QwenImageL2PPipeline", "QwenImagePipeline"),
 }
 
 

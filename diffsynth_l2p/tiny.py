@@ -35,6 +35,7 @@ left right top bottom center middle above below under over beside near next betw
 PUNCTUATION = list(".,;:!?'\"()-")
 DIGITS = list("0123456789")
 VOCABULARY: List[str] = SPECIAL_TOKENS + WORDS + PUNCTUATION + DIGITS
+NEWLINE_TOKEN = "\n"  # in the vocabulary only with ``build_tokenizer(newline_token=True)``
 
 # Qwen3's chat layout; with enable_thinking=False Qwen3 appends an empty think block, so does this.
 CHAT_TEMPLATE = (
@@ -49,17 +50,28 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
-def build_tokenizer():
-    """Word-level ``PreTrainedTokenizerFast`` over ``VOCABULARY`` with Qwen3's special tokens and chat template."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+def build_tokenizer(*, newline_token: bool = False):
+    """Word-level ``PreTrainedTokenizerFast`` over ``VOCABULARY`` with Qwen3's special tokens and chat template.
+
+    ``newline_token`` keeps each line break as a token ``"\\n"`` (appended to the vocabulary) instead of dropping
+    it with the other white space, so a prompt template is as many tokens as with Qwen's own tokenizer when its
+    words are single tokens (the tiny Qwen-Image set: DiffSynth drops its template's first 34 tokens).
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(VOCABULARY)}
+    vocabulary = VOCABULARY + [NEWLINE_TOKEN] if newline_token else VOCABULARY
+    vocab = {token: index for index, token in enumerate(vocabulary)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    if newline_token:
+        splits = [
+            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+            pre_tokenizers.Split(NEWLINE_TOKEN, behavior="isolated"),
+        ]
+    else:
+        splits = [pre_tokenizers.WhitespaceSplit()]
+    backend.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.Punctuation(behavior="isolated")])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token=UNK_TOKEN,
