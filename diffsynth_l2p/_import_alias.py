@@ -17,6 +17,7 @@ ALIAS = "diffsynth.pipelines.z_image_L2P"
 ALIASES = {
     ALIAS: ("z_image_l2p", "ZImageL2PPipeline", "ZImagePipeline"),
     "diffsynth.pipelines.qwen_image_L2P": ("qwen_image_l2p", "QwenImageL2PPipeline", "QwenImagePipeline"),
+    "diffsynth.pipelines.flux2_image_L2P": ("flux2_l2p", "Flux2L2PPipeline", "Flux2ImagePipeline"),
 }
 
 

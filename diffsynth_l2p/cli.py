@@ -21,16 +21,19 @@ DEBUG_ENV = "L2P_DEBUG"
 
 
 def _add_convert(sub) -> None:
+    from .families import DEFAULT_FAMILY, FAMILY_MODULES
     from .models.configs import L2P_CONFIGS
 
     parser = sub.add_parser(
         "convert",
-        help="turn a latent Z-Image DiT (or a 4K/8K L2P checkpoint) into an L2P pixel-space initialisation",
+        help="turn a latent DiT (Z-Image, Qwen-Image, FLUX.2; or a 4K/8K L2P checkpoint) into an L2P pixel init",
         description=(
             "Convert a latent Z-Image DiT (one file or several shards, e.g. Z-Image-Turbo's transformer/*.safetensors) "
             "into an L2P pixel-space init. Tensors with the same key and shape are copied bit for bit, the latent "
             "patch embedder and all_final_layer are dropped, and the pixel patch embedder and the local_decoder head "
-            "get a fresh init from --seed. With --from-pixel, a 4K or 8K L2P checkpoint becomes an 8K or 10K init "
+            "get a fresh init from --seed. With --family qwen-image or flux2, a Qwen-Image or FLUX.2 transformer is "
+            "converted the same way (its input projection and output layers are replaced; docs/transfer.md). "
+            "With --from-pixel, a 4K or 8K L2P checkpoint becomes an 8K or 10K init "
             "instead: tensors whose shape changed are re-initialised, head stages the target lacks are dropped. "
             "The output is re-read and verified before it replaces OUTPUT_PATH."
         ),
@@ -48,9 +51,13 @@ def _add_convert(sub) -> None:
     parser.add_argument(
         "--config", default=None, metavar="NAME",
         help=(
-            f"named L2P config of the output ({', '.join(L2P_CONFIGS)}); default: the one matching the source's sizes "
-            "(with --from-pixel: required, 8k or 10k)"
+            f"named L2P config of the output (Z-Image: {', '.join(L2P_CONFIGS)}; other families: their sizes, see "
+            "docs/transfer.md); default: the one matching the source's sizes (with --from-pixel: required, 8k or 10k)"
         ),
+    )
+    parser.add_argument(
+        "--family", default=DEFAULT_FAMILY, choices=list(FAMILY_MODULES),
+        help=f"the source model's family (default: {DEFAULT_FAMILY})",
     )
     parser.add_argument("--seed", type=seed_option(), default=42, help="seed of the new tensors' init (default: 42)")
     parser.add_argument(
@@ -64,9 +71,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .convert import convert_latent_to_pixel, convert_pixel_to_pixel
 
     if args.pixel_ckpt_files:
+        if args.family != "z-image":
+            raise ValueError("--from-pixel builds Z-Image UHR inits only; drop --family.")
         report = convert_pixel_to_pixel(args.pixel_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
     else:
-        report = convert_latent_to_pixel(args.latent_ckpt_files, args.output_path, args.config, args.seed, args.dry_run)
+        report = convert_latent_to_pixel(
+            args.latent_ckpt_files, args.output_path, args.config, args.seed, args.dry_run, family=args.family
+        )
     print(report.summary())
     return 0
 
@@ -106,7 +117,8 @@ def _add_inspect(sub) -> None:
             "Describe one checkpoint without loading its weights (instant on a 20 GB file): its DiffSynth hash and "
             "registered model (or 'unknown'), parameter count per top-level module, dtypes, and the missing, "
             "unexpected and shape-mismatched keys against the closest known layout (the named L2P configs and the "
-            "stock latent Z-Image DiT). Several FILEs are read as the shards of one checkpoint."
+            "stock latent DiTs of Z-Image, Qwen-Image and FLUX.2). Several FILEs are read as the shards of one "
+            "checkpoint."
         ),
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="a safetensors file, or all shards of one checkpoint")
@@ -125,7 +137,8 @@ def _add_generate(sub) -> None:
         "generate",
         help="generate PNG images from prompts with an L2P model (default: the shipped tiny-world student)",
         description=(
-            "Generate images with ZImageL2PPipeline and write them as PNGs that carry their generation parameters "
+            "Generate images with the L2P pipeline of the DiT's family (Z-Image, Qwen-Image or FLUX.2, told by its "
+            "hash) and write them as PNGs that carry their generation parameters "
             "(JSON in the 'parameters' text chunk). Without --model, the default model is used: the tiny-world "
             "student that ships with the package (64x64 pictures of colored shapes). Prints the written paths."
         ),
@@ -611,7 +624,10 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="l2p",
-        description="L2P pixel-space Z-Image for DiffSynth-Studio: generate, convert, train, merge, inspect, demo.",
+        description=(
+            "L2P pixel-space Z-Image (and Qwen-Image, FLUX.2) for DiffSynth-Studio: generate, convert, train, merge, "
+            "inspect, demo."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

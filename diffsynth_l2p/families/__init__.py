@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ..models.configs import L2PConfig
 
 DEFAULT_FAMILY = "z-image"
-FAMILY_MODULES = {"z-image": "z_image", "qwen-image": "qwen_image"}
+FAMILY_MODULES = {"z-image": "z_image", "qwen-image": "qwen_image", "flux2": "flux2"}
 
 
 @dataclass(frozen=True)
