@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Import contract, in fresh interpreters: after `pip install .` and after `pip install -e .` on stock
-# diffsynth, `from diffsynth.pipelines.z_image_L2P import ZImagePipeline, ModelConfig` must work; with the
-# installed stub file deleted, the meta-path alias of `import diffsynth_l2p` must still provide it.
+# diffsynth, `from diffsynth.pipelines.z_image_L2P import ZImagePipeline, ModelConfig` (and the Qwen-Image and
+# FLUX.2 equivalents) must work; with the installed stub files deleted, the meta-path alias of
+# `import diffsynth_l2p` must still provide them.
 #
 # Each throwaway venv gets a private copy of the diffsynth package (our wheel writes into its directory,
 # so it must not be the project's) and reaches every other dependency (torch, transformers, ...) in the
@@ -34,8 +35,12 @@ check_import() {  # check_import NAME EXPECTED-DIR [PRELUDE]: import in a fresh 
     (cd "$WORK" && DIFFSYNTH_SKIP_DOWNLOAD=True "$venv/bin/python" -c "
 ${prelude}
 from diffsynth.pipelines.z_image_L2P import ZImagePipeline, ModelConfig
+from diffsynth.pipelines.qwen_image_L2P import QwenImagePipeline
+from diffsynth.pipelines.flux2_image_L2P import Flux2ImagePipeline
 import diffsynth_l2p
 assert ZImagePipeline.__module__ == 'diffsynth_l2p.pipelines.z_image_l2p', ZImagePipeline.__module__
+assert QwenImagePipeline.__module__ == 'diffsynth_l2p.pipelines.qwen_image_l2p', QwenImagePipeline.__module__
+assert Flux2ImagePipeline.__module__ == 'diffsynth_l2p.pipelines.flux2_l2p', Flux2ImagePipeline.__module__
 assert ModelConfig.__module__.startswith('diffsynth.core'), ModelConfig.__module__
 assert diffsynth_l2p.__file__.startswith('${expected}'), diffsynth_l2p.__file__
 print('  ok:', ZImagePipeline.__name__, 'from', diffsynth_l2p.__file__)
@@ -50,11 +55,14 @@ for item in setup.py pyproject.toml setup.cfg MANIFEST.in README.md LICENSE diff
 done
 site="$(make_venv regular)"
 install regular "$WORK/src"
-[ -f "$site/diffsynth/pipelines/z_image_L2P.py" ] || { echo "the wheel did not install diffsynth/pipelines/z_image_L2P.py"; exit 1; }
+STUBS=(z_image_L2P qwen_image_L2P flux2_image_L2P)
+for stub in "${STUBS[@]}"; do
+    [ -f "$site/diffsynth/pipelines/$stub.py" ] || { echo "the wheel did not install diffsynth/pipelines/$stub.py"; exit 1; }
+done
 check_import regular "$site"
 
-echo "import contract: meta-path alias when the stub file is missing"
-rm "$site/diffsynth/pipelines/z_image_L2P.py"
+echo "import contract: meta-path alias when the stub files are missing"
+for stub in "${STUBS[@]}"; do rm "$site/diffsynth/pipelines/$stub.py"; done
 check_import regular "$site" "import diffsynth_l2p"
 
 echo "import contract: editable install (pip install -e .)"
