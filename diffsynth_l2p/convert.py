@@ -15,7 +15,6 @@ stays but whose shape changes are re-initialised, and the head stages and patch 
 """
 
 import functools
-import importlib
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 import torch
 
-from .families import DEFAULT_FAMILY, Family, all_families, get_family
+from .families import DEFAULT_FAMILY, Family, all_families, get_family, import_class
 from .inspection import checkpoint_kind, infer_dit_dims, l2p_layout_name
 from .models.configs import L2P_CONFIGS
 from .registry import find_registered, meta_model, meta_state_shapes
@@ -221,15 +220,11 @@ def plan_inheritance(source: Layout, config: ConfigArg, dtype: torch.dtype = tor
     return _plan(source, config_name, kwargs, dtype, source_layout)
 
 
-def _import(path: str) -> Any:
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
-
 
 @functools.cache
 def _latent_shapes(family_name: str, config_name: str) -> Dict[str, Tuple[int, ...]]:
     family = get_family(family_name)
-    return meta_state_shapes(_import(family.latent_class), **family.latent_kwargs[config_name])
+    return meta_state_shapes(import_class(family.latent_class), **family.latent_kwargs[config_name])
 
 
 def plan_family_conversion(
@@ -294,7 +289,7 @@ def _plan(
     initialise the others."""
     family = family or get_family(DEFAULT_FAMILY)
     new_prefixes = tuple(f"{part}." for part in family.new_parts)
-    target = meta_state_shapes(_import(family.dit_class), **kwargs)
+    target = meta_state_shapes(import_class(family.dit_class), **kwargs)
     mismatches = tuple(
         (key, source[key].shape, shape) for key, shape in target.items() if key in source and source[key].shape != shape
     )
@@ -332,7 +327,7 @@ def init_new_tensors(plan: ConversionPlan, seed: int = 42) -> Dict[str, torch.Te
     Each module owning such a tensor is initialised whole; only those tensors are kept (a re-initialised conv weight's
     bias, when its shape stays, is copied from the source).
     """
-    model = meta_model(_import(get_family(plan.family).dit_class), **plan.kwargs)
+    model = meta_model(import_class(get_family(plan.family).dit_class), **plan.kwargs)
     new = set(plan.new) | set(plan.reinitialised)
     tensors: Dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=[]):

@@ -1,7 +1,6 @@
 """What is in a checkpoint, from its header alone: hash, registered model, parameters, dtypes, layout diff."""
 
 import functools
-import importlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -9,7 +8,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from diffsynth.models.z_image_dit import ZImageDiT
 
-from .families import all_families
+from .families import all_families, import_class
 from .models.configs import L2P_CONFIGS
 from .registry import Shapes, find_registered, meta_state_shapes
 from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
@@ -27,16 +26,12 @@ def expected_layouts() -> Dict[str, Shapes]:
     layouts = {f"L2P {name}": meta_state_shapes(**config.kwargs) for name, config in L2P_CONFIGS.items()}
     layouts[LATENT_LAYOUT] = meta_state_shapes(ZImageDiT)
     for family in all_families()[1:]:
-        dit_class, latent_class = _import(family.dit_class), _import(family.latent_class)
+        dit_class, latent_class = import_class(family.dit_class), import_class(family.latent_class)
         for name, config in family.configs.items():
             layouts[f"L2P {family.title} {name}"] = meta_state_shapes(dit_class, **config.kwargs)
             layouts[f"latent {family.title} {name}"] = meta_state_shapes(latent_class, **family.latent_kwargs[name])
     return layouts
 
-
-def _import(path: str) -> Any:
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
 
 
 def checkpoint_kind(layout: Mapping[str, Any]) -> Optional[str]:

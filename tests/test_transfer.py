@@ -19,8 +19,8 @@ from tiny_checkpoints import write_header_only
 from training_helpers import write_shapes
 
 from diffsynth_l2p.cli import main
-from diffsynth_l2p.convert import _import, convert_latent_to_pixel
-from diffsynth_l2p.families import get_family
+from diffsynth_l2p.convert import convert_latent_to_pixel
+from diffsynth_l2p.families import get_family, import_class
 from diffsynth_l2p.families.flux2 import build_tiny_flux2, write_tiny_latent_flux2
 from diffsynth_l2p.families.qwen_image import build_tiny_qwen_image, write_tiny_latent_qwen_image
 from diffsynth_l2p.merge import merge_checkpoints
@@ -73,7 +73,7 @@ def write_sharded_standin(directory, shapes, shard_bytes: int = 5 * 2**30) -> li
 @pytest.mark.parametrize("family_name,size", list(REAL_SIZES))
 def test_real_size_dry_run_from_a_header_only_standin(family_name, size, tmp_path, capsys):
     family = get_family(family_name)
-    latent = meta_state_shapes(_import(family.latent_class), **family.latent_kwargs[size])
+    latent = meta_state_shapes(import_class(family.latent_class), **family.latent_kwargs[size])
     standin = write_sharded_standin(tmp_path, latent)
     # The stand-in is what DiffSynth recognises as the stock transformer of that size.
     assert hash_model_file(standin) == REAL_SIZES[family_name, size]
@@ -84,7 +84,7 @@ def test_real_size_dry_run_from_a_header_only_standin(family_name, size, tmp_pat
     argv = ["convert", "--family", family_name, "--latent_ckpt_files", *standin, "--output_path", str(out)]
     assert main([*argv, "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    pixel = meta_state_shapes(_import(family.dit_class), **family.configs[size].kwargs)
+    pixel = meta_state_shapes(import_class(family.dit_class), **family.configs[size].kwargs)
     # Initialised: the head and the pixel embedder's weight (Qwen-Image and FLUX.2 keep the embedder's key with a new
     # shape; a same-shaped bias is copied). Dropped: the output layers.
     new = {key: shape for key, shape in pixel.items() if latent.get(key) != shape}
@@ -118,7 +118,7 @@ def test_real_size_dry_run_from_a_header_only_standin(family_name, size, tmp_pat
 )
 def test_release_preset_freezes_the_middle_blocks_at_real_size(family_name, size, blocks, ends, share):
     family = get_family(family_name)
-    model = meta_model(_import(family.dit_class), **family.configs[size].kwargs)
+    model = meta_model(import_class(family.dit_class), **family.configs[size].kwargs)
     sizes = {name: param.numel() for name, param in model.named_parameters()}
     trained = resolve_trainable(sizes, "release", family=family).full_rank
     positions = sorted({family.main_block(name) for name in sizes if family.main_block(name)})
@@ -288,3 +288,21 @@ def test_inspect_names_a_latent_qwen_image_file_and_the_convert_command(tmp_path
     printed = capsys.readouterr().out
     assert "layout: matches latent Qwen-Image tiny exactly" in printed
     assert "`l2p convert --family qwen-image`" in printed
+
+
+def test_train_dry_run_counts_a_familys_release_preset(capsys):
+    assert main(["train", "--dry-run", "--family", "flux2", "--config", "klein-9b"]) == 0
+    printed = capsys.readouterr().out
+    assert "L2P DiT config 'FLUX.2 klein-9b', preset 'release'" in printed
+    assert "trainable 3,604,738,563 (3.60B, 39.8%)" in printed and "total 9,057,340,163" in printed
+    assert main(["train", "--dry-run", "--family", "qwen-image", "--config", "1k"]) == 2
+    assert "Unknown Qwen-Image config '1k'; choose one of 20b, tiny." in capsys.readouterr().err
+
+
+def test_train_refuses_a_family_the_model_file_is_not(tiny_sets, tmp_path, capsys):
+    write_shapes(tmp_path / "data", 2, seed=1)
+    model = os.path.dirname(tiny_sets["qwen-image"]["dit"])
+    argv = ["train", "--dataset", str(tmp_path / "data"), "--model", model, "--family", "flux2", "--max_steps", "1",
+            "--output_path", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "family 'flux2' was given, but" in capsys.readouterr().err

@@ -93,6 +93,12 @@ def config_entries(
     return [registry_entry(hashes[name], model_name, model_class, config.kwargs) for name, config in configs.items()]
 
 
+def import_class(path: str) -> Any:
+    """The object a ``package.module.Name`` path names (a family's ``dit_class``, ``latent_class``, ...)."""
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def _load(name: str) -> Family:
     return importlib.import_module(f".{FAMILY_MODULES[name]}", __name__).FAMILY
 

@@ -4,7 +4,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING, List, Optional, Union
 
+from ..families import DEFAULT_FAMILY, FAMILY_MODULES
 from .presets import PRESET_HELP
+
+FAMILY_NAMES = list(FAMILY_MODULES)
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -99,8 +102,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help="named L2P config (1k, 4k, 8k, 10k, tiny) whose training defaults apply (--noise, --num_timesteps, "
-        "--max_pixels: 1k seed/500/1024^2, UHR fresh/1000/native); default: the --model DiT's (--dry-run: 1k)",
+        help="named L2P config (Z-Image: 1k, 4k, 8k, 10k, tiny; Qwen-Image: 20b, tiny; FLUX.2: klein-4b, klein-9b, "
+        "dev, tiny) whose training defaults apply (--noise, --num_timesteps, --max_pixels: 1k seed/500/1024^2, UHR "
+        "fresh/1000/native); default: the --model DiT's (--dry-run: the family's first)",
+    )
+    parser.add_argument(
+        "--family",
+        default=None,
+        choices=FAMILY_NAMES,
+        help="the DiT's source family; default: the --model DiT's (--dry-run: z-image)",
     )
 
 
@@ -144,7 +154,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
 
         trainable = [p for p in args.trainable.split(",") if p.strip()] if args.trainable else None
         settings = dict(noise=args.noise, num_timesteps=args.num_timesteps, max_pixels=args.max_pixels)
-        print(dry_run(args.config or "1k", args.preset, trainable, settings, args.shift))
+        print(dry_run(args.config, args.preset, trainable, settings, args.shift, args.family or DEFAULT_FAMILY))
         return {}
     from .trainer import train
 

@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from ..families import DEFAULT_FAMILY, get_family, import_class
 from .presets import TrainableSet, resolve_trainable
 
 GIB = 1024**3
@@ -147,29 +148,35 @@ def format_settings(noise: str, num_timesteps: int, max_pixels: int, shift: floa
 
 
 def dry_run(
-    config_name: str = "1k",
+    config_name: Optional[str] = None,
     preset: Optional[str] = None,
     patterns: Optional[Sequence[str]] = None,
     settings: Optional[Mapping[str, Optional[object]]] = None,
     shift: float = 3.0,
+    family: str = DEFAULT_FAMILY,
 ) -> str:
-    """Build the named L2P config (and the Qwen3-4B text encoder) on the meta device and format the memory table.
+    """Build the family's named L2P config on the meta device and format the memory table.
 
-    ``settings`` (``noise``, ``num_timesteps``, ``max_pixels``; ``None`` = the config's default) fill the last line.
+    The config defaults to the family's first (Z-Image: ``1k``); Z-Image's real sizes also count the Qwen3-4B text
+    encoder. ``settings`` (``noise``, ``num_timesteps``, ``max_pixels``; ``None`` = the config's default) fill the
+    last line.
     """
     from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 
-    from ..models.configs import named_config
     from ..registry import meta_model
 
-    config = named_config(config_name)
-    model = meta_model(**config.kwargs)
-    text_encoder = meta_model(ZImageTextEncoder) if config_name != "tiny" else None
-    trainable = resolve_trainable((name for name, _ in model.named_parameters()), preset, patterns)
+    spec = get_family(family)
+    config_name = config_name or next(iter(spec.configs))
+    config = spec.config(config_name)
+    model = meta_model(import_class(spec.dit_class), **config.kwargs)
+    counts_encoder = family == DEFAULT_FAMILY and config_name != "tiny"
+    text_encoder = meta_model(ZImageTextEncoder) if counts_encoder else None
+    trainable = resolve_trainable((name for name, _ in model.named_parameters()), preset, patterns, spec)
     resolved = config.training_settings(**(settings or {}))
+    title = config_name if family == DEFAULT_FAMILY else f"{spec.title} {config_name}"
     return "\n".join(
         [
-            format_report(memory_report(model, trainable, text_encoder), config_name),
+            format_report(memory_report(model, trainable, text_encoder), title),
             format_settings(**resolved, shift=shift, size_multiple=config.train_size_multiple),
         ]
     )
