@@ -350,13 +350,15 @@ def import_object(path: str) -> Any:
 
 def check_latent_pipeline(pipe: Any) -> None:
     """Raise a ``ValueError`` naming the fix unless ``pipe`` is a callable latent pipeline with a VAE decoder."""
-    from ..pipelines.z_image_l2p import ZImageL2PPipeline
+    from ..pipelines.pixel_pipeline import L2PPixelPipeline
 
     name = type(pipe).__name__
-    if isinstance(pipe, ZImageL2PPipeline):
+    if isinstance(pipe, L2PPixelPipeline):
         raise ValueError(
             f"{name} is a pixel-space L2P pipeline; `l2p synthesize` needs the latent source model the L2P "
-            "model was converted from (default: DiffSynth's ZImagePipeline with Z-Image-Turbo)."
+            "model was converted from (default: DiffSynth's ZImagePipeline with Z-Image-Turbo; for Qwen-Image or "
+            "FLUX.2, --pipeline_class diffsynth.pipelines.qwen_image.QwenImagePipeline or "
+            "diffsynth.pipelines.flux2_image.Flux2ImagePipeline)."
         )
     has_decoder_slot = hasattr(pipe, "vae_decoder") or hasattr(pipe, "vae")
     decoder = getattr(pipe, "vae_decoder", None) or getattr(pipe, "vae", None)

@@ -99,19 +99,15 @@ def image_token_features(
     time_embedder = dit.time_text_embed
     extra_time = torch.zeros(batch, dtype=torch.long, device=device) if time_embedder.use_additional_t_cond else None
     conditioning = time_embedder(timestep.to(device).reshape(batch) / 1000, image.dtype, addition_t_cond=extra_time)
-    rotary = dit.pos_embed([(1, *grid)], lengths, device=device)
-    mask = _key_padding_mask(lengths, image.shape[1], device)
+    # What every block sees besides the two streams: time conditioning, RoPE, the text padding mask.
+    shared = dict(
+        temb=conditioning,
+        image_rotary_emb=dit.pos_embed([(1, *grid)], lengths, device=device),
+        attention_mask=_key_padding_mask(lengths, image.shape[1], device),
+    )
+    checkpointing = (use_gradient_checkpointing, use_gradient_checkpointing_offload)
     for block in dit.transformer_blocks:
-        text, image = gradient_checkpoint_forward(
-            block,
-            use_gradient_checkpointing,
-            use_gradient_checkpointing_offload,
-            image=image,
-            text=text,
-            temb=conditioning,
-            image_rotary_emb=rotary,
-            attention_mask=mask,
-        )
+        text, image = gradient_checkpoint_forward(block, *checkpointing, image=image, text=text, **shared)
     return image, conditioning
 
 
