@@ -249,25 +249,40 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _add_tiny_init(sub) -> None:
+    from .families import DEFAULT_FAMILY, FAMILY_MODULES
+
     parser = sub.add_parser(
         "tiny-init",
         help="write a random tiny L2P model set (DiT, text encoder, tokenizer) into a new directory",
         description=(
             "Write the tiny L2P model set with seeded random weights: l2p-dit.safetensors, "
             "text_encoder/model.safetensors and tokenizer/. It loads like the released files; its images are "
-            "textures, not pictures of the prompt (a stand-in until trained tiny weights ship)."
+            "textures, not pictures of the prompt (the trained tiny-world student is the default model). "
+            "With --latent, also write a random tiny latent DiT of the family in its stock layout, to try "
+            "`l2p convert` on."
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="the directory to create (must not exist or be empty)")
     parser.add_argument("--seed", type=seed_option(), default=0, help="seed of the random weights (default: 0)")
+    parser.add_argument(
+        "--family", default=DEFAULT_FAMILY, choices=list(FAMILY_MODULES),
+        help=f"the source family of the tiny models (default: {DEFAULT_FAMILY})",
+    )
+    parser.add_argument("--latent", metavar="FILE", help="also write a tiny latent DiT of the family to FILE")
     parser.set_defaults(func=_run_tiny_init)
 
 
 def _run_tiny_init(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_l2p
+    from .families import get_family, import_class
 
+    family = get_family(args.family)
     check_output_dir(args.dir, "model folder")
-    files = build_tiny_l2p(args.dir, seed=args.seed)
+    if args.latent:
+        check_output_file(args.latent, [], "--latent file")
+    files = import_class(family.tiny_set)(args.dir, seed=args.seed)
+    if args.latent:
+        import_class(family.tiny_latent)(args.latent, seed=args.seed)
+        print(f"latent dit: {args.latent}")
     print(f"dit: {files['dit']}")
     print(f"text_encoder: {' '.join(files['text_encoder'])}")
     print(f"tokenizer: {files['tokenizer']}")

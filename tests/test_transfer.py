@@ -306,3 +306,16 @@ def test_train_refuses_a_family_the_model_file_is_not(tiny_sets, tmp_path, capsy
             "--output_path", str(tmp_path / "run")]
     assert main(argv) == 2
     assert "family 'flux2' was given, but" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family_name", ["z-image", "qwen-image", "flux2"])
+def test_tiny_init_writes_a_set_and_a_latent_dit_that_converts_to_its_layout(family_name, tmp_path, capsys):
+    model, latent = tmp_path / "set", tmp_path / "latent.safetensors"
+    argv = ["tiny-init", str(model), "--family", family_name, "--latent", str(latent), "--seed", "3"]
+    assert main(argv) == 0
+    assert f"latent dit: {latent}" in capsys.readouterr().out
+    family = get_family(family_name)
+    out = tmp_path / "converted.safetensors"
+    report = convert_latent_to_pixel([latent], out, family=family_name)
+    assert report.output_hash == hash_model_file(str(model / DIT_FILE))
+    assert [e["model_name"] for e in find_registered(report.output_hash)] == [family.dit_model_name]

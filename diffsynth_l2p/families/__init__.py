@@ -42,6 +42,10 @@ class Family:
     # DiffSynth VRAM-management maps of our classes: {our class: (DiffSynth class whose map it extends, extra entries)}
     vram_maps: Mapping[str, Tuple[str, Dict[str, str]]] = field(default_factory=dict)
     release_share: Optional[float] = None
+    # Import paths of ``build(out_dir, seed)``, which writes a random tiny model set of the family, and of
+    # ``write(path, seed)``, which writes a random tiny latent DiT in the stock layout (``l2p tiny-init``).
+    tiny_set: Optional[str] = None
+    tiny_latent: Optional[str] = None
     # kwargs -> named config when no config has exactly these kwargs (default: the first config)
     nearest_config: Optional[Callable[[Dict[str, Any]], L2PConfig]] = None
 

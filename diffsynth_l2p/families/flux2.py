@@ -107,6 +107,8 @@ FAMILY = Family(
         registry_entry(TINY_TEXT_ENCODER_HASH, TEXT_ENCODER_MODEL_NAME, TEXT_ENCODER_CLASS, TINY_TEXT_ENCODER),
     ),
     vram_maps={DIT_CLASS: (LATENT_CLASS, {"torch.nn.Conv2d": "diffsynth.core.vram.layers.AutoWrappedModule"})},
+    tiny_set="diffsynth_l2p.families.flux2.build_tiny_flux2",
+    tiny_latent="diffsynth_l2p.families.flux2.write_tiny_latent_flux2",
 )
 
 

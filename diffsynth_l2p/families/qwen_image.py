@@ -105,6 +105,8 @@ FAMILY = Family(
         DIT_CLASS: (STOCK_DIT_CLASS, {"torch.nn.Conv2d": "diffsynth.core.vram.layers.AutoWrappedModule"}),
         TINY_TEXT_ENCODER_CLASS: (STOCK_TEXT_ENCODER_CLASS, {}),
     },
+    tiny_set="diffsynth_l2p.families.qwen_image.build_tiny_qwen_image",
+    tiny_latent="diffsynth_l2p.families.qwen_image.write_tiny_latent_qwen_image",
 )
 
 
