@@ -274,6 +274,7 @@ def _add_tiny_init(sub) -> None:
 
 def _run_tiny_init(args: argparse.Namespace) -> int:
     from .families import get_family, import_class
+    from .tiny import write_tiny_latent
 
     family = get_family(args.family)
     check_output_dir(args.dir, "model folder")
@@ -281,7 +282,7 @@ def _run_tiny_init(args: argparse.Namespace) -> int:
         check_output_file(args.latent, [], "--latent file")
     files = import_class(family.tiny_set)(args.dir, seed=args.seed)
     if args.latent:
-        import_class(family.tiny_latent)(args.latent, seed=args.seed)
+        write_tiny_latent(family, args.latent, seed=args.seed)
         print(f"latent dit: {args.latent}")
     print(f"dit: {files['dit']}")
     print(f"text_encoder: {' '.join(files['text_encoder'])}")

@@ -27,7 +27,7 @@ import torch
 from .families import DEFAULT_FAMILY, Family, all_families, get_family, import_class
 from .inspection import checkpoint_kind, infer_dit_dims, l2p_layout_name
 from .models.configs import L2P_CONFIGS
-from .registry import find_registered, meta_model, meta_state_shapes
+from .registry import family_layout, find_registered, meta_model, meta_state_shapes
 from .safetensors_io import (
     DTYPE_NAMES,
     TORCH_DTYPES,
@@ -221,12 +221,6 @@ def plan_inheritance(source: Layout, config: ConfigArg, dtype: torch.dtype = tor
 
 
 
-@functools.cache
-def _latent_shapes(family_name: str, config_name: str) -> Dict[str, Tuple[int, ...]]:
-    family = get_family(family_name)
-    return meta_state_shapes(import_class(family.latent_class), **family.latent_kwargs[config_name])
-
-
 def plan_family_conversion(
     source: Layout, family: Family, config: Optional[str] = None, dtype: torch.dtype = torch.float32
 ) -> ConversionPlan:
@@ -241,7 +235,7 @@ def plan_family_conversion(
             f"Load it with the {family.title} L2P pipeline or run `l2p inspect` on it."
         )
     shapes = {key: info.shape for key, info in source.items()}
-    matching = [name for name in family.latent_kwargs if _latent_shapes(family.name, name) == shapes]
+    matching = [name for name in family.latent_kwargs if family_layout(family.name, name, latent=True) == shapes]
     sizes = ", ".join(family.latent_kwargs)
     if config is not None:
         family.config(config)
@@ -269,7 +263,7 @@ def _plan_z_image(source: Layout, config: ConfigArg, dtype: torch.dtype) -> Conv
     except ValueError:
         shapes = {key: info.shape for key, info in source.items()}
         for family in all_families()[1:]:
-            if any(_latent_shapes(family.name, name) == shapes for name in family.latent_kwargs):
+            if any(family_layout(family.name, name, latent=True) == shapes for name in family.latent_kwargs):
                 raise ValueError(
                     f"The input is a latent {family.title} DiT, not a Z-Image one; pass --family {family.name} "
                     f"(convert_latent_to_pixel(..., family={family.name!r}))."

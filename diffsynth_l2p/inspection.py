@@ -8,9 +8,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from diffsynth.models.z_image_dit import ZImageDiT
 
-from .families import all_families, import_class
+from .families import all_families
 from .models.configs import L2P_CONFIGS
-from .registry import Shapes, find_registered, meta_state_shapes
+from .registry import Shapes, family_layout, find_registered, meta_state_shapes
 from .safetensors_io import PathOrPaths, as_path_list, hash_checkpoint, read_headers
 
 LATENT_LAYOUT = "latent Z-Image DiT"
@@ -20,16 +20,21 @@ _SHOWN_KEYS = 8
 
 
 @functools.cache
-def expected_layouts() -> Dict[str, Shapes]:
-    """Layouts we know, built on the meta device: every named L2P config and the stock latent Z-Image DiT, and each
-    other family's pixel and latent sizes (``L2P Qwen-Image 20b``, ``latent Qwen-Image 20b``, ...)."""
+def z_image_layouts() -> Dict[str, Shapes]:
+    """Every named Z-Image L2P config and the stock latent Z-Image DiT, built on the meta device."""
     layouts = {f"L2P {name}": meta_state_shapes(**config.kwargs) for name, config in L2P_CONFIGS.items()}
     layouts[LATENT_LAYOUT] = meta_state_shapes(ZImageDiT)
+    return layouts
+
+
+def expected_layouts() -> Dict[str, Shapes]:
+    """Layouts we know: :func:`z_image_layouts` and each other family's pixel and latent sizes
+    (``L2P Qwen-Image 20b``, ``latent Qwen-Image 20b``, ...)."""
+    layouts = dict(z_image_layouts())
     for family in all_families()[1:]:
-        dit_class, latent_class = import_class(family.dit_class), import_class(family.latent_class)
-        for name, config in family.configs.items():
-            layouts[f"L2P {family.title} {name}"] = meta_state_shapes(dit_class, **config.kwargs)
-            layouts[f"latent {family.title} {name}"] = meta_state_shapes(latent_class, **family.latent_kwargs[name])
+        for name in family.configs:
+            layouts[f"L2P {family.title} {name}"] = family_layout(family.name, name)
+            layouts[f"latent {family.title} {name}"] = family_layout(family.name, name, latent=True)
     return layouts
 
 
@@ -47,7 +52,7 @@ def l2p_layout_name(keys: Iterable[str]) -> Optional[str]:
     """The named L2P config whose patch embedder and head tensor names ``keys`` has, whatever the widths."""
     pixel = {key for key in keys if key.startswith(PIXEL_MODULE_PREFIXES)}
     for name in L2P_CONFIGS:
-        expected = expected_layouts()[f"L2P {name}"]
+        expected = z_image_layouts()[f"L2P {name}"]
         if pixel == {key for key in expected if key.startswith(PIXEL_MODULE_PREFIXES)}:
             return name
     return None

@@ -37,6 +37,17 @@ def meta_state_shapes(model_class: Type[torch.nn.Module] = ZImageL2PDiT, /, **kw
     return {key: tuple(value.shape) for key, value in meta_model(model_class, **kwargs).state_dict().items()}
 
 
+@functools.cache
+def family_layout(family_name: str, size: str, latent: bool = False) -> Shapes:
+    """``{key: shape}`` of a family's named size, built on the meta device: its pixel DiT, or its stock latent DiT."""
+    from .families import get_family, import_class
+
+    family = get_family(family_name)
+    if latent:
+        return meta_state_shapes(import_class(family.latent_class), **family.latent_kwargs[size])
+    return meta_state_shapes(import_class(family.dit_class), **family.configs[size].kwargs)
+
+
 def meta_hash(model_class: Type[torch.nn.Module] = ZImageL2PDiT, /, **kwargs: Any) -> str:
     """DiffSynth's file hash of a ``model_class(**kwargs)`` checkpoint (default ``ZImageL2PDiT``), from meta."""
     return hash_state_dict_keys(meta_model(model_class, **kwargs).state_dict())

@@ -14,6 +14,7 @@ from typing import Dict, List, Union
 import torch
 
 from .atomic import atomic_directory
+from .families import Family, import_class
 from .model_set import DIT_FILE, TEXT_ENCODER_DIR, TOKENIZER_DIR
 from .models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
 from .models.text_encoder import Qwen3TextEncoder
@@ -152,3 +153,10 @@ def tiny_model_files(model_dir: Union[str, os.PathLike]) -> Dict[str, Union[str,
         "text_encoder": [str(model_dir / TEXT_ENCODER_DIR / "model.safetensors")],
         "tokenizer": str(model_dir / TOKENIZER_DIR),
     }
+
+
+def write_tiny_latent(family: Family, path: Union[str, os.PathLike], seed: int = 0) -> None:
+    """A random tiny latent DiT of ``family`` in its stock layout (what ``l2p convert`` turns into the tiny L2P DiT)."""
+    model = import_class(family.latent_class)(**family.latent_kwargs["tiny"])
+    init_weights(model, seed)
+    save_module(model, Path(path))

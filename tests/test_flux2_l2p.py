@@ -30,14 +30,13 @@ from diffsynth_l2p.families.flux2 import (
     TINY_TEXT_ENCODER,
     TINY_TEXT_ENCODER_HASH,
     build_tiny_flux2,
-    write_tiny_latent_flux2,
 )
 from diffsynth_l2p.models import text_encoder
 from diffsynth_l2p.models.flux2_l2p_dit import Flux2L2PDiT
 from diffsynth_l2p.models.text_encoder import Qwen3TextEncoder
 from diffsynth_l2p.pipelines.flux2_l2p import Flux2L2PPipeline, shift_sigmas
 from diffsynth_l2p.registry import meta_hash, meta_model, register_text_encoder
-from diffsynth_l2p.tiny import init_weights
+from diffsynth_l2p.tiny import init_weights, write_tiny_latent
 
 REAL_SIZES = ("klein-4b", "klein-9b", "dev")
 # DiffSynth's registry hashes of the stock FLUX.2 transformers (configs/model_configs.py).
@@ -286,7 +285,7 @@ def test_tiny_set_files_are_the_registered_layouts(tiny_flux2_set, tmp_path):
     assert hash_model_file(tiny_flux2_set["dit"]) == DIT_HASHES["tiny"]
     assert hash_model_file(tiny_flux2_set["text_encoder"]) == TINY_TEXT_ENCODER_HASH
     latent = tmp_path / "latent.safetensors"
-    write_tiny_latent_flux2(latent, seed=0)
+    write_tiny_latent(FAMILY, latent, seed=0)
     assert hash_model_file(str(latent)) == meta_hash(Flux2DiT, **LATENT_KWARGS["tiny"])
     with safe_open(str(latent), "pt") as latent_file, safe_open(tiny_flux2_set["dit"], "pt") as pixel_file:
         latent_keys, pixel_keys = set(latent_file.keys()), set(pixel_file.keys())
@@ -378,7 +377,7 @@ def test_wrong_parts_raise_errors_that_name_the_fix(tiny_flux2_set, tiny_model_s
     with pytest.raises(ValueError, match=r"is an L2P Z-Image DiT; load it with ZImageL2PPipeline"):
         load(tiny_flux2_set, model_configs=[ModelConfig(path=tiny_model_set["dit"])])
     latent = tmp_path / "latent.safetensors"
-    write_tiny_latent_flux2(latent)
+    write_tiny_latent(FAMILY, latent)
     entry = dict(model_hash=hash_model_file(str(latent)), model_name="flux2_dit", model_class=FAMILY.latent_class)
     MODEL_CONFIGS.append(entry)
     try:

@@ -30,14 +30,13 @@ from diffsynth_l2p.families.qwen_image import (
     TINY_TEXT_ENCODER_CLASS,
     TINY_TEXT_ENCODER_HASH,
     build_tiny_qwen_image,
-    write_tiny_latent_qwen_image,
 )
 from diffsynth_l2p.model_set import DEFAULT_MODEL_DIR, TOKENIZER_DIR
 from diffsynth_l2p.models.detailer_head import DetailerHead
 from diffsynth_l2p.models.qwen_image_l2p_dit import QwenImageL2PDiT, QwenImageLatentDiT, image_token_features
 from diffsynth_l2p.models.text_encoder import QwenVLTextEncoder
 from diffsynth_l2p.registry import meta_hash, meta_model, meta_state_shapes, register_all
-from diffsynth_l2p.tiny import VOCABULARY, build_tokenizer, init_weights, save_tokenizer
+from diffsynth_l2p.tiny import VOCABULARY, build_tokenizer, init_weights, save_tokenizer, write_tiny_latent
 
 LAYERED = dict(use_layer3d_rope=True, use_additional_t_cond=True)  # Qwen-Image-Layered's registry kwargs
 STOCK_HASHES = {"default": "0319a1cb19835fb510907dd3367c95ff", "layered": "8dc8cda05de16c73afa755e2c1ce2839"}
@@ -385,7 +384,7 @@ def test_tiny_set_files_reload_to_the_built_models(tiny_set):
 
 def test_tiny_latent_writer_writes_the_stock_layout_that_stock_code_runs(tmp_path):
     path = tmp_path / "latent.safetensors"
-    write_tiny_latent_qwen_image(path, seed=9)
+    write_tiny_latent(FAMILY, path, seed=9)
     saved = load_file(str(path))
     model = QwenImageLatentDiT(**TINY_BACKBONE)
     assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -454,7 +453,7 @@ def test_pipeline_rejects_mismatched_text_encoder_and_latent_checkpoints(pipe, t
 
     # The tiny latent file, known to DiffSynth's registry as a latent Qwen-Image DiT (the real one is 0319a1...).
     latent = tmp_path / "latent.safetensors"
-    write_tiny_latent_qwen_image(latent)
+    write_tiny_latent(FAMILY, latent)
     entry = dict(model_hash=hash_model_file(str(latent)), model_name="qwen_image_dit", model_class=LATENT_CLASS)
     monkeypatch.setattr(registry, "MODEL_CONFIGS", [*registry.MODEL_CONFIGS, entry])
     with pytest.raises(ValueError, match="latent Qwen-Image DiT.*l2p convert --family qwen-image"):

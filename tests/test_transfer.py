@@ -21,20 +21,18 @@ from training_helpers import write_shapes
 from diffsynth_l2p.cli import main
 from diffsynth_l2p.convert import convert_latent_to_pixel
 from diffsynth_l2p.families import get_family, import_class
-from diffsynth_l2p.families.flux2 import build_tiny_flux2, write_tiny_latent_flux2
-from diffsynth_l2p.families.qwen_image import build_tiny_qwen_image, write_tiny_latent_qwen_image
+from diffsynth_l2p.families.flux2 import build_tiny_flux2
+from diffsynth_l2p.families.qwen_image import build_tiny_qwen_image
 from diffsynth_l2p.merge import merge_checkpoints
 from diffsynth_l2p.model_set import DIT_FILE
 from diffsynth_l2p.pipelines.loading import load_pipeline
 from diffsynth_l2p.registry import find_registered, meta_model, meta_state_shapes
+from diffsynth_l2p.tiny import write_tiny_latent
 from diffsynth_l2p.training.module import L2PTrainingModule
 from diffsynth_l2p.training.presets import resolve_trainable
 from diffsynth_l2p.training.trainer import TrainConfig, train
 
-TINY = {
-    "qwen-image": (build_tiny_qwen_image, write_tiny_latent_qwen_image),
-    "flux2": (build_tiny_flux2, write_tiny_latent_flux2),
-}
+TINY = {"qwen-image": build_tiny_qwen_image, "flux2": build_tiny_flux2}
 # (family, size): DiffSynth's registry hash of the stock latent transformer of that size.
 REAL_SIZES = {
     ("qwen-image", "20b"): "0319a1cb19835fb510907dd3367c95ff",
@@ -143,7 +141,7 @@ def test_release_preset_freezes_the_middle_blocks_at_real_size(family_name, size
 def test_a_qwen_image_latent_given_without_family_names_the_family(tmp_path):
     family = get_family("qwen-image")
     latent = tmp_path / "latent.safetensors"
-    write_tiny_latent_qwen_image(latent)
+    write_tiny_latent(get_family("qwen-image"), latent)
     with pytest.raises(ValueError, match="latent Qwen-Image DiT.*--family qwen-image"):
         convert_latent_to_pixel([latent], tmp_path / "out.safetensors", dry_run=True)
     with pytest.raises(ValueError, match="not a latent FLUX.2 DiT"):
@@ -173,9 +171,9 @@ def held_out_loss(model_dir, held_out, dtype=torch.float32) -> float:
 def chain(request, tmp_path_factory) -> dict:
     """Convert a tiny latent DiT of the family, train it 200 steps with the release preset, merge the result."""
     family_name = request.param
-    build, write_latent = TINY[family_name]
+    build = TINY[family_name]
     root = tmp_path_factory.mktemp(family_name)
-    write_latent(root / "latent.safetensors", seed=0)
+    write_tiny_latent(get_family(family_name), root / "latent.safetensors", seed=0)
     # The text encoder and tokenizer of the family's tiny set; the DiT is the converted one.
     model = root / "init"
     build(model, seed=0)
@@ -241,7 +239,7 @@ def test_pipeline_import_in_a_fresh_interpreter(module, name, ours):
 @pytest.fixture(scope="module")
 def tiny_sets(tmp_path_factory) -> dict:
     """A random tiny model set of each new family (seed 0)."""
-    return {name: build(tmp_path_factory.mktemp(name), seed=0) for name, (build, _) in TINY.items()}
+    return {name: build(tmp_path_factory.mktemp(name), seed=0) for name, build in TINY.items()}
 
 
 @pytest.mark.parametrize("family_name", list(TINY))
@@ -283,7 +281,7 @@ def test_the_demo_loads_the_familys_pipeline_and_names_it(family_name, tiny_sets
 
 def test_inspect_names_a_latent_qwen_image_file_and_the_convert_command(tmp_path, capsys):
     latent = tmp_path / "latent.safetensors"
-    write_tiny_latent_qwen_image(latent)
+    write_tiny_latent(get_family("qwen-image"), latent)
     assert main(["inspect", str(latent)]) == 0
     printed = capsys.readouterr().out
     assert "layout: matches latent Qwen-Image tiny exactly" in printed

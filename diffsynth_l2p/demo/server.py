@@ -96,11 +96,9 @@ class DemoServer:
 
     def __init__(self, args: argparse.Namespace):
         import torch
-        from diffsynth.core import hash_model_file
 
         from ..pipelines.loading import resolve_model_files
-        from ..pipelines.pixel_pipeline import config_of_entries
-        from ..registry import find_registered
+        from ..pipelines.pixel_pipeline import family_and_config
         from ..validation import resolve_dtype
         from .devices import resolve_devices, worker_devices, worker_names
         from .request import size_limits
@@ -116,7 +114,7 @@ class DemoServer:
         # No server paths in the page.
         model_label = Path(files["dit"]).name if args.model else "tiny-world student (default)"
         # The DiT's family picks the pipeline each worker loads (``load_pipeline``) and the page's title.
-        family, config = config_of_entries(find_registered(hash_model_file(files["dit"])))
+        family, config = family_and_config(files["dit"])
         native = min(config.default_height, config.default_width)
         size_limits(1, native, args.min_size, args.max_size)  # fail before loading anything
         devices = worker_devices(resolve_devices(args.devices), args.workers_per_device)

@@ -32,20 +32,19 @@ class Family:
     latent_kwargs: Mapping[str, Dict[str, Any]]  # per named config: kwargs of ``latent_class`` it converts from
     new_parts: Tuple[str, ...]  # top-level modules a latent checkpoint has no (same-shaped) counterpart for
     block_containers: Tuple[str, ...]  # main-block ModuleLists in forward order; presets index them as one sequence
+    lora_target: str  # regex (fullmatch) of the main-block linears the ``lora:R`` preset adapts
     # The ``release`` preset trains the first and last ``release_blocks`` main blocks (``shallow:N``), or, with
     # ``release_share``, that share of the main blocks at each end (rounded, at least 1).
-    release_blocks: Optional[int]
-    lora_target: str  # regex (fullmatch) of the main-block linears the ``lora:R`` preset adapts
+    release_blocks: Optional[int] = None
+    release_share: Optional[float] = None
     # fnmatch patterns of parameters the forward never uses (never trained); ``{last}``: the last main block's index
     no_gradient: Tuple[str, ...] = ()
     registry_entries: Tuple[Dict[str, Any], ...] = ()  # extra DiffSynth registry entries (tiny text encoders, ...)
     # DiffSynth VRAM-management maps of our classes: {our class: (DiffSynth class whose map it extends, extra entries)}
     vram_maps: Mapping[str, Tuple[str, Dict[str, str]]] = field(default_factory=dict)
-    release_share: Optional[float] = None
-    # Import paths of ``build(out_dir, seed)``, which writes a random tiny model set of the family, and of
-    # ``write(path, seed)``, which writes a random tiny latent DiT in the stock layout (``l2p tiny-init``).
+    # Import path of ``build(out_dir, seed)``, which writes a random tiny model set of the family (``l2p tiny-init``);
+    # its tiny latent DiT is ``latent_class(**latent_kwargs["tiny"])``.
     tiny_set: Optional[str] = None
-    tiny_latent: Optional[str] = None
     # kwargs -> named config when no config has exactly these kwargs (default: the first config)
     nearest_config: Optional[Callable[[Dict[str, Any]], L2PConfig]] = None
 
@@ -54,6 +53,10 @@ class Family:
         if name not in self.configs:
             raise ValueError(f"Unknown {self.title} config {name!r}; choose one of {', '.join(self.configs)}.")
         return self.configs[name]
+
+    def config_name(self, config: L2PConfig) -> str:
+        """The name of ``config`` among the named configurations."""
+        return next(name for name, named in self.configs.items() if named is config)
 
     def config_for_kwargs(self, kwargs: Dict[str, Any]) -> L2PConfig:
         """The named configuration built with ``kwargs``, else the nearest one (whose defaults apply)."""

@@ -7,7 +7,6 @@ stock prompt encoding's hidden layers 9, 18 and 27 exist.
 """
 
 import os
-from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from ..models.configs import TINY_TEXT_ENCODER_CONFIG, L2PConfig
@@ -94,7 +93,6 @@ FAMILY = Family(
     # The first and last sixth of the main blocks, as Z-Image's 5 of 30: klein-4B 4 of 25 (5 double + 20 single;
     # 42.9% of the parameters trainable, Z-Image 41%), klein-9B 5 of 32 (39.8%), dev 9 of 56 (42.0%). Everything
     # outside the frozen middle blocks trains, the top-level shared modulation modules included (docs/transfer.md).
-    release_blocks=None,
     release_share=1 / 6,
     # DiffSynth's FLUX.2 LoRA targets, restricted to the main blocks.
     lora_target=(
@@ -108,7 +106,6 @@ FAMILY = Family(
     ),
     vram_maps={DIT_CLASS: (LATENT_CLASS, {"torch.nn.Conv2d": "diffsynth.core.vram.layers.AutoWrappedModule"})},
     tiny_set="diffsynth_l2p.families.flux2.build_tiny_flux2",
-    tiny_latent="diffsynth_l2p.families.flux2.write_tiny_latent_flux2",
 )
 
 
@@ -121,14 +118,3 @@ def build_tiny_flux2(out_dir: Union[str, os.PathLike], seed: int = 0) -> Dict[st
     dit, text_encoder = Flux2L2PDiT(**CONFIGS["tiny"].kwargs), Qwen3TextEncoder(**TINY_TEXT_ENCODER)
     return write_model_set(out_dir, dit, text_encoder, build_tokenizer(), seed)
 
-
-def write_tiny_latent_flux2(path: Union[str, os.PathLike], seed: int = 0) -> None:
-    """A random stock latent ``Flux2DiT`` with the tiny backbone (what ``l2p convert --family flux2`` converts)."""
-    from diffsynth.models.flux2_dit import Flux2DiT
-
-    from ..safetensors_io import save_module
-    from ..tiny import init_weights
-
-    model = Flux2DiT(**TINY_BACKBONE)
-    init_weights(model, seed)
-    save_module(model, Path(path))

@@ -9,7 +9,6 @@ language model as text encoder.
 """
 
 import os
-from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from ..models.configs import L2PConfig
@@ -82,7 +81,6 @@ FAMILY = Family(
     block_containers=("transformer_blocks",),
     # The first and last sixth of the blocks, as Z-Image's 5 of 30: 10 of 60, ≈6.74B of 20.42B trainable
     # (docs/transfer.md). Qwen-Image has no refiner blocks, so its input side is only these.
-    release_blocks=None,
     release_share=1 / 6,
     # DiffSynth's Qwen-Image LoRA targets (the attention projections of both streams and the MLP linears),
     # restricted to the main blocks.
@@ -106,7 +104,6 @@ FAMILY = Family(
         TINY_TEXT_ENCODER_CLASS: (STOCK_TEXT_ENCODER_CLASS, {}),
     },
     tiny_set="diffsynth_l2p.families.qwen_image.build_tiny_qwen_image",
-    tiny_latent="diffsynth_l2p.families.qwen_image.write_tiny_latent_qwen_image",
 )
 
 
@@ -119,13 +116,3 @@ def build_tiny_qwen_image(out_dir: Union[str, os.PathLike], seed: int = 0) -> Di
     dit, text_encoder = QwenImageL2PDiT(**CONFIGS["tiny"].kwargs), QwenVLTextEncoder(**TINY_TEXT_ENCODER)
     return write_model_set(out_dir, dit, text_encoder, build_tokenizer(newline_token=True), seed)
 
-
-def write_tiny_latent_qwen_image(path: Union[str, os.PathLike], seed: int = 0) -> None:
-    """A random latent Qwen-Image DiT with the tiny backbone (what ``l2p convert --family qwen-image`` converts)."""
-    from ..models.qwen_image_l2p_dit import QwenImageLatentDiT
-    from ..safetensors_io import save_module
-    from ..tiny import init_weights
-
-    model = QwenImageLatentDiT(**TINY_BACKBONE)
-    init_weights(model, seed)
-    save_module(model, Path(path))

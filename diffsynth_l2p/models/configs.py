@@ -165,18 +165,6 @@ def config_for_kwargs(kwargs: Dict[str, Any]) -> L2PConfig:
     return L2P_1K
 
 
-def config_name(config: L2PConfig) -> str:
-    """The name of ``config`` in :data:`L2P_CONFIGS`."""
-    return next(name for name, named in L2P_CONFIGS.items() if named is config)
-
-
-def named_config(name: str) -> L2PConfig:
-    """``L2P_CONFIGS[name]``, or a one-line error naming the choices."""
-    if name not in L2P_CONFIGS:
-        raise ValueError(f"Unknown config {name!r}; choose one of {', '.join(L2P_CONFIGS)}.")
-    return L2P_CONFIGS[name]
-
-
 # The tiny model sets' Qwen3 text encoder (``models/text_encoder.py``): hidden size = the tiny DiT's caption width;
 # the vocabulary is the tiny word-level tokenizer's (``tiny.VOCABULARY``).
 TINY_TEXT_ENCODER_CONFIG: Dict[str, Any] = dict(

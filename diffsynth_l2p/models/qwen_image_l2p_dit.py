@@ -7,7 +7,7 @@ checkpoints, a small one for the tiny model set. :func:`image_token_features` ru
 :class:`QwenImageLatentDiT` is the stock latent layout at any width (what ``l2p convert`` recognises and converts).
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from diffsynth.core.gradient import gradient_checkpoint_forward
@@ -29,13 +29,13 @@ PATCH_SIZE = 16  # RGB pixels per token side: the 8x VAE times the 2x2 packing
 def assemble_backbone(
     module: torch.nn.Module,
     in_features: int,
-    num_layers: int,
-    use_layer3d_rope: bool,
-    use_additional_t_cond: bool,
-    dim: int,
-    num_attention_heads: int,
-    axes_dim: Sequence[int],
-    text_dim: int,
+    num_layers: int = 60,
+    use_layer3d_rope: bool = False,
+    use_additional_t_cond: bool = False,
+    dim: int = 3072,
+    num_attention_heads: int = 24,
+    axes_dim: Sequence[int] = (16, 56, 56),
+    text_dim: int = 3584,
 ) -> None:
     """Add ``QwenImageDiT``'s embedders and blocks to ``module`` at the given widths (defaults: the stock ones).
 
@@ -114,25 +114,15 @@ def image_token_features(
 class QwenImageLatentDiT(QwenImageDiT):
     """DiffSynth's latent ``QwenImageDiT`` layout at any width; the defaults build exactly ``QwenImageDiT()``.
 
-    Stock forward and ``model_fn_qwen_image`` run it unchanged; the tiny latent source model is one.
+    ``backbone`` takes :func:`assemble_backbone`'s sizes. Stock forward and ``model_fn_qwen_image`` run it unchanged;
+    the tiny latent source model is one.
     """
 
-    def __init__(
-        self,
-        num_layers: int = 60,
-        use_layer3d_rope: bool = False,
-        use_additional_t_cond: bool = False,
-        dim: int = 3072,
-        num_attention_heads: int = 24,
-        axes_dim: Sequence[int] = (16, 56, 56),
-        text_dim: int = 3584,
-    ) -> None:
+    def __init__(self, **backbone: Any) -> None:
         torch.nn.Module.__init__(self)  # QwenImageDiT.__init__ would build the full-width model
         packed = LATENT_CHANNELS * 2 * 2
-        assemble_backbone(
-            self, packed, num_layers, use_layer3d_rope, use_additional_t_cond, dim, num_attention_heads, axes_dim,
-            text_dim,
-        )  # fmt: skip
+        assemble_backbone(self, packed, **backbone)
+        dim = self.img_in.out_features
         self.norm_out = AdaLayerNorm(dim, single=True)
         self.proj_out = torch.nn.Linear(dim, packed)
 
@@ -143,32 +133,23 @@ class QwenImageL2PDiT(PixelDiTMixin, QwenImageDiT):
     ``img_in`` embeds 16x16 RGB patches (768 features) instead of 2x2-packed latents, so the token grid is the
     latent model's; ``norm_out``/``proj_out`` are removed and the last block's image features feed the
     ``local_decoder`` detailer head, which also sees the noisy image.  The ``head_*`` arguments are
-    ``DetailerHead``'s ``channels``, ``decoder_channels``, ``bottleneck_channels`` and ``stage_names``.
-    Image sides must be multiples of ``size_multiple``.
+    ``DetailerHead``'s ``channels``, ``decoder_channels``, ``bottleneck_channels`` and ``stage_names``; ``backbone``
+    takes :func:`assemble_backbone`'s sizes. Image sides must be multiples of ``size_multiple``.
     """
 
     def __init__(
         self,
-        num_layers: int = 60,
-        use_layer3d_rope: bool = False,
-        use_additional_t_cond: bool = False,
-        dim: int = 3072,
-        num_attention_heads: int = 24,
-        axes_dim: Sequence[int] = (16, 56, 56),
-        text_dim: int = 3584,
         head_channels: Sequence[int] = (64, 128, 256, 512),
         head_decoder_channels: Optional[Sequence[int]] = None,
         head_bottleneck_channels: Optional[int] = None,
         head_stage_names: Optional[Sequence[str]] = None,
+        **backbone: Any,
     ) -> None:
         torch.nn.Module.__init__(self)  # QwenImageDiT.__init__ would build the full-width latent model
-        assemble_backbone(
-            self, 3 * PATCH_SIZE**2, num_layers, use_layer3d_rope, use_additional_t_cond, dim, num_attention_heads,
-            axes_dim, text_dim,
-        )  # fmt: skip
-        self.dim = dim
+        assemble_backbone(self, 3 * PATCH_SIZE**2, **backbone)
+        self.dim = self.img_in.out_features
         self.attach_head(
-            PATCH_SIZE, dim, 3, head_channels, head_decoder_channels, head_bottleneck_channels, head_stage_names
+            PATCH_SIZE, self.dim, 3, head_channels, head_decoder_channels, head_bottleneck_channels, head_stage_names
         )
 
     def forward_features(

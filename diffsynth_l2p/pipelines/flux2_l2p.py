@@ -87,8 +87,6 @@ class Flux2L2PPipeline(L2PPixelPipeline):
     ) -> None:
         """DiffSynth's FLUX.2 schedule: shift exp(mu), mu from the token count; a ``sigma_shift`` replaces exp(mu)."""
         if sigma_shift is None:
-            sigma_shift = self.sigma_shift_for(height, width)
-        if sigma_shift is None:
             tokens = (height // 16) * (width // 16)
             self.scheduler.set_timesteps(num_inference_steps, denoising_strength, dynamic_shift_len=tokens)
             return

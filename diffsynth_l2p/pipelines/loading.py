@@ -1,6 +1,5 @@
 """Find a model set's files (directory, explicit files, or the default tiny set) and load the pipeline."""
 
-import importlib
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -8,7 +7,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from diffsynth.core import ModelConfig, hash_model_file
 
-from ..families import all_families
+from ..families import all_families, import_class
 from ..model_set import TEXT_ENCODER_DIR, TOKENIZER_DIR, default_model_dir
 from ..registry import find_registered
 from ..safetensors_io import read_header, read_headers
@@ -40,13 +39,14 @@ def _from_directory(model_dir: Path) -> ModelFiles:
     text_encoder = sorted(str(path) for path in (model_dir / TEXT_ENCODER_DIR).glob("*.safetensors"))
     if not text_encoder:
         raise FileNotFoundError(
-            f"No text encoder in {model_dir / TEXT_ENCODER_DIR}: copy the Z-Image text encoder shards there "
-            "(Tongyi-MAI/Z-Image-Turbo text_encoder/*.safetensors)."
+            f"No text encoder in {model_dir / TEXT_ENCODER_DIR}: copy the source model's text encoder shards there "
+            "(e.g. Tongyi-MAI/Z-Image-Turbo text_encoder/*.safetensors)."
         )
     tokenizer = model_dir / TOKENIZER_DIR
     if not tokenizer.is_dir():
         raise FileNotFoundError(
-            f"No tokenizer directory {tokenizer}: copy Tongyi-MAI/Z-Image-Turbo's tokenizer/ folder there."
+            f"No tokenizer directory {tokenizer}: copy the source model's tokenizer/ folder there "
+            "(e.g. Tongyi-MAI/Z-Image-Turbo's)."
         )
     return {"dit": dits[0], "text_encoder": text_encoder, "tokenizer": str(tokenizer)}
 
@@ -153,5 +153,4 @@ def load_pipeline(
 
 def pipeline_class(dit_path: str) -> type:
     """The pipeline class of the L2P DiT file's family (``ZImageL2PPipeline`` for Z-Image, ...)."""
-    module, name = family_of_file(dit_path).pipeline_class.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+    return import_class(family_of_file(dit_path).pipeline_class)

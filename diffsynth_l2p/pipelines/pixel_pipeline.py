@@ -226,9 +226,8 @@ class L2PPixelPipeline(BasePipeline):
     def set_inference_timesteps(
         self, num_inference_steps: int, denoising_strength: float, sigma_shift: Optional[float], height: int, width: int
     ) -> None:
-        """The sampling schedule: the scheduler's shift rule with ``sigma_shift`` (default :meth:`sigma_shift_for`)."""
-        if sigma_shift is None:
-            sigma_shift = self.sigma_shift_for(height, width)
+        """The sampling schedule at ``sigma_shift`` (``generate_images`` passes :meth:`sigma_shift_for`'s when the call
+        gives none; None there means the family's stock rule)."""
         self.scheduler.set_timesteps(num_inference_steps, denoising_strength=denoising_strength, shift=sigma_shift)
 
     def compile_pipeline(
@@ -427,6 +426,8 @@ class L2PPixelPipeline(BasePipeline):
             seed,
             cfg_max_sigma,
         )
+        if sigma_shift is None:
+            sigma_shift = self.sigma_shift_for(height, width)
         self.set_inference_timesteps(num_inference_steps, denoising_strength, sigma_shift, height, width)
 
         inputs_posi = {"prompt": prompt}
@@ -585,11 +586,16 @@ def config_of_entries(entries: List[dict]) -> Tuple[Family, L2PConfig]:
     return families[0], next(iter(families[0].configs.values()))
 
 
+def family_and_config(dit_path: str) -> Tuple[Family, L2PConfig]:
+    """The family and named L2P configuration of the DiT file, from its registered hash (Z-Image 1K if none)."""
+    return config_of_entries(find_registered(hash_model_file(dit_path)))
+
+
 def native_config(dit_path: str) -> L2PConfig:
-    """The named L2P configuration of the DiT file, from its registered hash (Z-Image 1K's when none matches)."""
-    return config_of_entries(find_registered(hash_model_file(dit_path)))[1]
+    """The named L2P configuration of the DiT file (see :func:`family_and_config`)."""
+    return family_and_config(dit_path)[1]
 
 
 def family_of_file(dit_path: str) -> Family:
-    """The family of an L2P DiT file, from its registered hash (Z-Image when none matches)."""
-    return config_of_entries(find_registered(hash_model_file(dit_path)))[0]
+    """The family of an L2P DiT file (see :func:`family_and_config`)."""
+    return family_and_config(dit_path)[0]

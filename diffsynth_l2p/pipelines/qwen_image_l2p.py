@@ -53,8 +53,6 @@ class QwenImageL2PPipeline(L2PPixelPipeline):
         The template shifts sigmas by ``exp(mu)`` (then stretches them to end at 0.02), so a shift ``s`` is
         ``mu = log(s)``; the stock rule takes ``mu`` from ``(H/16) * (W/16)`` tokens.
         """
-        if sigma_shift is None:
-            sigma_shift = self.sigma_shift_for(height, width)
         self.scheduler.set_timesteps(
             num_inference_steps,
             denoising_strength=denoising_strength,

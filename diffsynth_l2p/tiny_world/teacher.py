@@ -35,9 +35,10 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..atomic import atomic_directory, atomic_path
+from ..families.z_image import TINY_LATENT_KWARGS
 from ..model_set import DEFAULT_MODEL_DIR
 from ..models.backbone import latent_velocity, run_time_embedder_in_weight_dtype
-from ..models.configs import L2P_CONFIGS, TINY_TEXT_ENCODER_CONFIG
+from ..models.configs import TINY_TEXT_ENCODER_CONFIG
 from ..models.text_encoder import Qwen3TextEncoder
 from ..registry import meta_hash, register_all, register_model
 from ..safetensors_io import save_module
@@ -53,12 +54,7 @@ TEXT_ENCODER_SEED = 0  # the text encoder starts as build_tiny_l2p(seed=0)'s
 CAPTION_TOKENS = 64  # every shapes-world caption with the chat template fits (the stock unit pads to 512)
 
 # The tiny L2P backbone (dim, layers, heads, caption width, RoPE) with the stock latent patchify.
-TEACHER_DIT_CONFIG = {
-    **{key: value for key, value in L2P_CONFIGS["tiny"].kwargs.items() if not key.startswith("head_")},
-    "all_patch_size": (2,),
-    "all_f_patch_size": (1,),
-    "in_channels": 16,
-}
+TEACHER_DIT_CONFIG = TINY_LATENT_KWARGS
 DIT_CLASS = "diffsynth.models.z_image_dit.ZImageDiT"
 VAE_ENCODER_CLASS = f"{TinyVAEEncoder.__module__}.{TinyVAEEncoder.__qualname__}"
 VAE_DECODER_CLASS = f"{TinyVAEDecoder.__module__}.{TinyVAEDecoder.__qualname__}"

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, T
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
-from diffsynth.core import hash_model_file
 from diffsynth.diffusion.logger import CSVLogger, TensorBoardLogger
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from ..atomic import apply_umask, atomic_open
-from ..families import DEFAULT_FAMILY, Family, all_families, get_family
+from ..families import DEFAULT_FAMILY, all_families, get_family
 from ..safetensors_io import atomic_output, read_headers
 from ..validation import check_float, check_int, check_not_an_input, check_output_dir
 from .arguments import LOG_FORMATS, LR_SCHEDULERS, check_noise_mode
@@ -36,7 +35,6 @@ from .precision import PrecisionPlan, cast_trainable, precision_plan
 from .presets import TrainableSet, resolve_trainable
 
 if TYPE_CHECKING:
-    from ..models.configs import L2PConfig
     from ..pipelines.loading import ModelFiles
     from ..pipelines.pixel_pipeline import L2PPixelPipeline
     from .module import L2PTrainingModule
@@ -138,32 +136,26 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
     A named config must have the DiT file's head layout; explicit noise, schedule length and pixel limit win.
     """
     from ..pipelines.loading import resolve_model_files
-    from ..pipelines.pixel_pipeline import config_of_entries
-    from ..registry import find_registered
+    from ..pipelines.pixel_pipeline import family_and_config
 
     dit = resolve_model_files(config.model)["dit"]
-    family, native = config_of_entries(find_registered(hash_model_file(dit)))
+    family, native = family_and_config(dit)
     if config.family is not None and config.family != family.name:
         raise ValueError(f"family {config.family!r} was given, but {dit} is an L2P {family.title} DiT.")
     named = native if config.config is None else family.config(config.config)
     if named.layout() != native.layout():
         raise ValueError(
-            f"--config {config.config} does not fit the DiT file, whose head has the {config_name(family, native)} "
-            f"layout; drop --config or pass --config {config_name(family, native)}."
+            f"--config {config.config} does not fit the DiT file, whose head has the {family.config_name(native)} "
+            f"layout; drop --config or pass --config {family.config_name(native)}."
         )
     settings = named.training_settings(config.noise, config.num_timesteps, config.max_pixels)
     smallest = named.train_size_multiple**2
     if settings["max_pixels"] < smallest:
         raise ValueError(
-            f"--max_pixels must be at least {smallest} for config {config_name(family, named)} (image sides are "
+            f"--max_pixels must be at least {smallest} for config {family.config_name(named)} (image sides are "
             f"multiples of {named.train_size_multiple}), got {settings['max_pixels']}."
         )
-    return replace(config, config=config_name(family, named), family=family.name, **settings)
-
-
-def config_name(family: Family, config: "L2PConfig") -> str:
-    """The name of ``config`` among ``family``'s named configurations."""
-    return next(name for name, named in family.configs.items() if named is config)
+    return replace(config, config=family.config_name(named), family=family.name, **settings)
 
 
 def training_dataset(config: TrainConfig) -> L2PImageDataset:
@@ -275,13 +267,15 @@ def make_lr_scheduler(
 def load_training_pipeline(
     config: TrainConfig, device: torch.device, dtype: torch.dtype
 ) -> Tuple["L2PPixelPipeline", TrainableSet, "ModelFiles"]:
-    """The pipeline in ``dtype`` on ``device``, the resolved trainable set and the model files."""
+    """The pipeline in ``dtype`` on ``device``, the resolved trainable set and the model files.
+
+    ``config`` is :func:`resolve_defaults`' (its ``family`` is the DiT file's).
+    """
     from ..pipelines.loading import load_pipeline, resolve_model_files
-    from ..pipelines.pixel_pipeline import family_of_file
 
     files = resolve_model_files(config.model)
     # Resolve the trainable set from the checkpoint header first, so a bad preset fails before loading 6B weights.
-    family = get_family(config.family) if config.family else family_of_file(files["dit"])
+    family = get_family(config.family or DEFAULT_FAMILY)
     trainable = resolve_trainable(read_headers(files["dit"]), config.preset, config.trainable, family)
     return load_pipeline(files, device=device, torch_dtype=dtype), trainable, files
 
